@@ -1,0 +1,40 @@
+# vcl-worker: `make demo` runs the whole VCL cycle on an embedded default, `make test` runs the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup host venv test test-faults demo lint bench clean
+
+setup: host $(STAMP)
+
+host:
+	bash scripts/setup-host.sh
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: setup
+	$(BIN)/pytest -q
+
+test-faults: setup
+	$(BIN)/pytest -q -m faults
+
+demo: setup
+	$(BIN)/vcl-worker demo
+
+lint: setup
+	$(BIN)/ruff check worker tests bench
+	$(BIN)/ruff format --check worker tests bench
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info

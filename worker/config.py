@@ -1,0 +1,124 @@
+"""Every setting of the worker, read from the environment in one place.
+
+Names follow the services they configure: ``VCL_*`` for the worker itself, ``CELERY_*`` for Celery.
+Secrets (database and broker passwords) only ever live inside URLs; :func:`redact_url` hides them
+before anything is logged.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"setting {name} must be an integer, got {raw!r}") from exc
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"setting {name} must be a boolean, got {raw!r}")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (safe for logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Database: the site's existing VCL database (schema vcl.sql), unchanged.
+    database_url: str = "mysql+pymysql://root@127.0.0.1:3306/vcl"
+    # Celery broker and result backend.
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str = "redis://127.0.0.1:6379/1"
+    # Redis used for per-computer locks (defaults to the broker when that is Redis).
+    lock_redis_url: str = "redis://127.0.0.1:6379/2"
+    # libvirt connection of the host this worker runs on.
+    libvirt_uri: str = "qemu:///system"
+    # VNC listen address written into every domain.
+    vnc_listen: str = "127.0.0.1"
+    # Directory for cross-process file locks (master image materialisation).
+    lock_dir: str = "/var/lib/vcl-worker/locks"
+    # Seconds a guest gets to shut down on ACPI before it is destroyed (nova: 60 s / re-send 10 s).
+    shutdown_timeout: int = 60
+    shutdown_retry_interval: int = 10
+    # qemu-img limits: heavy copies (convert) and cheap metadata calls (info/create).
+    qemu_img_convert_timeout: int = 7200
+    qemu_img_info_timeout: int = 60
+    # Management node this dispatcher serves (managementnode.id).
+    management_node_id: int = 1
+    # Celery task time limits in seconds (soft, hard).
+    load_soft_time_limit: int = 1800
+    load_time_limit: int = 2100
+    capture_soft_time_limit: int = 7200
+    capture_time_limit: int = 7800
+    # Worker concurrency (prefork children); see README for why 2 on a 2-core host.
+    worker_concurrency: int = 2
+    log_level: str = "INFO"
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Redis redelivers unacked messages after this; must exceed the longest task."""
+        return max(self.capture_time_limit, self.load_time_limit) + 600
+
+    @property
+    def computer_lock_ttl(self) -> int:
+        """Per-computer lock TTL: above the longest hard time limit so a live task never loses it."""
+        return max(self.capture_time_limit, self.load_time_limit) + 300
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        d = cls()
+        broker = env.get("CELERY_BROKER_URL", d.broker_url)
+        return cls(
+            database_url=env.get("VCL_DATABASE_URL", d.database_url),
+            broker_url=broker,
+            result_backend=env.get("CELERY_RESULT_BACKEND", d.result_backend),
+            lock_redis_url=env.get("VCL_LOCK_REDIS_URL", d.lock_redis_url),
+            libvirt_uri=env.get("VCL_LIBVIRT_URI", d.libvirt_uri),
+            vnc_listen=env.get("VCL_VNC_LISTEN", d.vnc_listen),
+            lock_dir=env.get("VCL_LOCK_DIR", d.lock_dir),
+            shutdown_timeout=_int(env, "VCL_SHUTDOWN_TIMEOUT", d.shutdown_timeout),
+            shutdown_retry_interval=_int(env, "VCL_SHUTDOWN_RETRY_INTERVAL", d.shutdown_retry_interval),
+            qemu_img_convert_timeout=_int(env, "VCL_QEMU_IMG_CONVERT_TIMEOUT", d.qemu_img_convert_timeout),
+            qemu_img_info_timeout=_int(env, "VCL_QEMU_IMG_INFO_TIMEOUT", d.qemu_img_info_timeout),
+            management_node_id=_int(env, "VCL_MANAGEMENT_NODE_ID", d.management_node_id),
+            load_soft_time_limit=_int(env, "VCL_LOAD_SOFT_TIME_LIMIT", d.load_soft_time_limit),
+            load_time_limit=_int(env, "VCL_LOAD_TIME_LIMIT", d.load_time_limit),
+            capture_soft_time_limit=_int(env, "VCL_CAPTURE_SOFT_TIME_LIMIT", d.capture_soft_time_limit),
+            capture_time_limit=_int(env, "VCL_CAPTURE_TIME_LIMIT", d.capture_time_limit),
+            worker_concurrency=_int(env, "VCL_WORKER_CONCURRENCY", d.worker_concurrency),
+            log_level=env.get("VCL_LOG_LEVEL", d.log_level),
+        )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Process-wide settings, read once from the environment."""
+    return Settings.from_env()
+
+
+__all__ = ["Settings", "get_settings", "redact_url"]

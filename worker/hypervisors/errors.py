@@ -1,0 +1,60 @@
+"""Typed errors of the provisioning core.
+
+Celery tasks retry :class:`TransientError` (with backoff) and fail the reservation on
+:class:`PermanentError`. Every libvirt error is mapped into this hierarchy in one place
+(``worker.hypervisors.host.map_libvirt_error``); qemu-img failures become :class:`QemuImgError`.
+"""
+
+from __future__ import annotations
+
+
+class ProvisioningError(Exception):
+    """Base of every error raised by the provisioning core."""
+
+
+class TransientError(ProvisioningError):
+    """Worth retrying: the libvirt connection dropped, libvirtd restarted, a lock was busy."""
+
+
+class PermanentError(ProvisioningError):
+    """Retrying cannot help: bad input, a missing or corrupt image, a refused definition."""
+
+
+class InvalidInputError(PermanentError):
+    """A value from the reservation (name, path, MAC, vmprofile setting) failed validation."""
+
+
+class ImageNotFoundError(PermanentError):
+    """No master in the datastore and none in the repository."""
+
+
+class ImageCorruptError(PermanentError):
+    """A master or repository file that qemu-img cannot read, or one that is unsafe (own backing file)."""
+
+
+class ImageExistsError(PermanentError):
+    """Capture target (master or repository file) already exists; a revision is never overwritten."""
+
+
+class DomainNotFoundError(PermanentError):
+    """The libvirt domain asked for does not exist."""
+
+
+class LibvirtTransientError(TransientError):
+    """libvirt connection/RPC failure; the connection is reopened on the next call."""
+
+
+class LibvirtPermanentError(PermanentError):
+    """libvirt refused the operation (invalid XML, unsupported configuration, ...)."""
+
+
+class QemuImgError(PermanentError):
+    """qemu-img exited non-zero or timed out; the message carries its stderr."""
+
+
+class DatastoreFullError(PermanentError):
+    """Not enough free space for the copy or overlay; partial files were removed."""
+
+
+class NoDriverError(PermanentError):
+    """No hypervisor driver's probe succeeded on this host."""
