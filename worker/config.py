@@ -74,6 +74,8 @@ class Settings:
     load_time_limit: int = 2100
     capture_soft_time_limit: int = 7200
     capture_time_limit: int = 7800
+    # Seconds a task waits for another task's per-computer lock before it is retried.
+    lock_wait: int = 300
     # Worker concurrency (prefork children); see README for why 2 on a 2-core host.
     worker_concurrency: int = 2
     log_level: str = "INFO"
@@ -110,6 +112,7 @@ class Settings:
             load_time_limit=_int(env, "VCL_LOAD_TIME_LIMIT", d.load_time_limit),
             capture_soft_time_limit=_int(env, "VCL_CAPTURE_SOFT_TIME_LIMIT", d.capture_soft_time_limit),
             capture_time_limit=_int(env, "VCL_CAPTURE_TIME_LIMIT", d.capture_time_limit),
+            lock_wait=_int(env, "VCL_LOCK_WAIT", d.lock_wait),
             worker_concurrency=_int(env, "VCL_WORKER_CONCURRENCY", d.worker_concurrency),
             log_level=env.get("VCL_LOG_LEVEL", d.log_level),
         )

@@ -1,0 +1,190 @@
+"""``vcl-worker``: run the dispatcher or a host worker, enqueue and inspect reservations, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from worker.config import get_settings, redact_url
+
+ACTIONS = {"load": "vcl.load", "reload": "vcl.reload", "capture": "vcl.capture", "maintenance": "vcl.maintenance"}
+
+
+def _store() -> Any:
+    from worker.tasks import runtime
+
+    return runtime.store()
+
+
+def cmd_dispatch(args: argparse.Namespace) -> int:
+    from worker.app import app
+    from worker.dispatcher import dispatch_once, run_forever
+
+    settings = get_settings()
+    mn = args.management_node or settings.management_node_id
+    logging.getLogger(__name__).info("dispatching for management node %s (db %s)", mn,
+                                     redact_url(settings.database_url))
+
+    def show(done: list[Any]) -> None:
+        for d in done:
+            print(f"request {d.request_id} reservation {d.reservation_id} [{d.state}] {d.action}"
+                  f"{' ' + d.task_name + ' on ' + str(d.queue) if d.task_name else ''}"
+                  f"{' (' + d.reason + ')' if d.reason else ''}", flush=True)
+
+    if args.once:
+        show(dispatch_once(_store(), app, mn))
+        return 0
+    try:
+        run_forever(_store(), app, mn, on_pass=show)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def wait_with_progress(result: Any, timeout: float | None = None) -> tuple[str, Any]:
+    """Follow a task's PROGRESS states with a rich progress bar until it finishes."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[stage]}"), TimeElapsedColumn(), transient=False,
+    ) as progress:
+        bar = progress.add_task(result.id[:8], total=100.0, stage="queued")
+        while True:
+            state = result.state
+            if state == "PROGRESS" and isinstance(result.info, dict):
+                progress.update(bar, completed=float(result.info.get("percent", 0.0)),
+                                stage=str(result.info.get("stage", "")))
+            elif state == "STARTED":
+                progress.update(bar, stage="started")
+            elif state in {"SUCCESS", "FAILURE", "REVOKED"}:
+                progress.update(bar, completed=100.0 if state == "SUCCESS" else None, stage=state.lower())
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                return "TIMEOUT", None
+            time.sleep(0.25)
+    return result.state, result.result
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    from worker.app import app
+    from worker.tasks import runtime
+
+    options: dict[str, Any] = {}
+    if args.queue:
+        options["queue"] = args.queue
+    result = app.send_task(ACTIONS[args.action], args=[args.reservation_id], **options)
+    runtime.remember_task(args.reservation_id, result.id)
+    print(f"enqueued {ACTIONS[args.action]} for reservation {args.reservation_id}: task {result.id}")
+    if not args.wait:
+        return 0
+    state, value = wait_with_progress(result, timeout=args.timeout)
+    if state == "SUCCESS":
+        print(json.dumps(value, indent=2, default=str))
+        return 0
+    print(f"task {result.id} ended {state}: {value!r}", file=sys.stderr)
+    return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from celery.result import AsyncResult
+
+    from worker.app import app
+    from worker.tasks import runtime
+
+    store = runtime.store()
+    found = store.reservation_request(args.reservation_id)
+    if found is None:
+        print(f"reservation {args.reservation_id} does not exist", file=sys.stderr)
+        return 1
+    request_id, state, laststate = found
+    print(f"reservation {args.reservation_id}: request {request_id} {state}/{laststate}")
+    task_id = runtime.task_for_reservation(args.reservation_id)
+    if task_id:
+        res = AsyncResult(task_id, app=app)
+        info = res.info if isinstance(res.info, dict) else (str(res.info) if res.info else "")
+        print(f"task {task_id}: {res.state} {json.dumps(info, default=str) if info else ''}")
+    else:
+        print("task: none recorded")
+    for entry in store.loadlog(args.reservation_id):
+        print(f"  {entry.timestamp}  {entry.loadstatename:<18} {entry.additionalinfo or ''}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.app import app, vmhost_queue
+
+    settings = get_settings()
+    argv = [
+        "worker", "--queues", vmhost_queue(args.vmhost), "--hostname", f"vcl@{args.vmhost}",
+        "--concurrency", str(args.concurrency or settings.worker_concurrency),
+        "--pool", "prefork", "--events", "--loglevel", args.loglevel,
+    ]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from worker.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    from worker.reaper import run_reap
+
+    return run_reap(apply=args.apply)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vcl-worker", description=__doc__)
+    parser.add_argument("--log-level", default=None, help="logging level (default VCL_LOG_LEVEL or INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("dispatch", help="find due VCL requests, claim them and enqueue their tasks")
+    p.add_argument("--once", action="store_true", help="one pass instead of looping")
+    p.add_argument("--management-node", type=int, default=None, help="managementnode.id (VCL_MANAGEMENT_NODE_ID)")
+    p.set_defaults(func=cmd_dispatch)
+
+    p = sub.add_parser("enqueue", help="enqueue a task for a reservation (the scheduler's direct path)")
+    p.add_argument("action", choices=sorted(ACTIONS))
+    p.add_argument("reservation_id", type=int)
+    p.add_argument("--wait", action="store_true", help="follow progress until the task ends")
+    p.add_argument("--queue", default=None, help="override the VM host queue")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait with --wait")
+    p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("status", help="request state, task state and computerloadlog of a reservation")
+    p.add_argument("reservation_id", type=int)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("worker", help="run a Celery worker for one VM host's queue")
+    p.add_argument("--vmhost", required=True, help="short host name; consumes queue vmhost.<NAME>")
+    p.add_argument("--concurrency", type=int, default=None)
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("demo", help="the whole VCL cycle on an embedded default (SQLite, in-process broker)")
+    p.add_argument("--keep", action="store_true", help="keep the demo's files and network afterwards")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("reap", help="list (or remove with --apply) domains and overlays of no live reservation")
+    p.add_argument("--apply", action="store_true")
+    p.set_defaults(func=cmd_reap)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = args.log_level or get_settings().log_level
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

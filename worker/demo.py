@@ -1,0 +1,234 @@
+"""``vcl-worker demo``: the whole VCL cycle on an embedded default that needs no configured server.
+
+dispatch → load (``new``) → capture (``image``) → reload (the request the capture inserted) →
+maintenance (``tomaintenance``), through the real Celery task path: an SQLite database created from
+the models and seeded as VCL's web front end seeds a site, an in-process broker and worker, real
+qemu-img, and ``qemu:///system`` when it answers (else ``test:///default``, said plainly).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from worker.config import Settings, get_settings
+
+DEMO_NETWORK = "vcl-demo"
+DEMO_BRIDGE = "vcldemo0"
+DEMO_DATASTORE_ROOT = Path("/var/lib/libvirt/images")
+
+
+@dataclass
+class StepResult:
+    step: str
+    task: str
+    state: str
+    seconds: float
+    request_state: str
+    computer_state: str
+    detail: str
+
+
+def _libvirt_uri(console: Console) -> str:
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        conn = libvirt.open("qemu:///system")
+        conn.close()
+        return "qemu:///system"
+    except libvirt.libvirtError as exc:
+        console.print(
+            f"[bold yellow]qemu:///system is not reachable ({exc.get_error_message()}); "
+            "using libvirt's in-memory test:///default driver: domains are simulated, disks are real.[/]"
+        )
+        return "test:///default"
+
+
+def _ensure_network(uri: str) -> None:
+    import libvirt
+
+    if not uri.startswith("qemu"):
+        return
+    conn = libvirt.open(uri)
+    try:
+        try:
+            net = conn.networkLookupByName(DEMO_NETWORK)
+        except libvirt.libvirtError:
+            import xml.etree.ElementTree as ET
+
+            root = ET.Element("network")
+            ET.SubElement(root, "name").text = DEMO_NETWORK
+            ET.SubElement(root, "bridge", name=DEMO_BRIDGE, stp="off")
+            net = conn.networkDefineXML(ET.tostring(root, encoding="unicode"))
+        if not net.isActive():
+            net.create()
+    finally:
+        conn.close()
+
+
+def _remove_network(uri: str) -> None:
+    import libvirt
+
+    if not uri.startswith("qemu"):
+        return
+    conn = libvirt.open(uri)
+    try:
+        net = conn.networkLookupByName(DEMO_NETWORK)
+        if net.isActive():
+            net.destroy()
+        net.undefine()
+    except libvirt.libvirtError:
+        pass
+    finally:
+        conn.close()
+
+
+def _make_master(path: Path) -> None:
+    """A small qcow2 master with recognisable data (no OS: the VM idles in its firmware)."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 4M", str(path)], check=True,
+                   stdout=subprocess.DEVNULL)
+    path.chmod(0o444)
+
+
+def run_demo(keep: bool = False) -> int:
+    console = Console()
+    console.rule("[bold]vcl-worker demo: dispatch → load → capture → reload → maintenance")
+    uri = _libvirt_uri(console)
+    workdir = Path(tempfile.mkdtemp(prefix="vcl-demo-", dir=DEMO_DATASTORE_ROOT))
+    workdir.chmod(0o755)
+    datastore = workdir / "images"
+    datastore.mkdir(mode=0o755)
+    db_path = workdir / "vcl.sqlite"
+    settings: Settings = replace(
+        get_settings(),
+        database_url=f"sqlite:///{db_path}",
+        broker_url="memory://",
+        result_backend="cache+memory://",
+        lock_redis_url="memory://",
+        libvirt_uri=uri,
+        lock_dir=str(workdir / "locks"),
+        shutdown_timeout=int(os.environ.get("VCL_SHUTDOWN_TIMEOUT", "3")),
+        shutdown_retry_interval=1,
+    )
+    console.print(f"libvirt: [bold]{uri}[/]   database: {db_path}   datastore: {datastore}")
+    try:
+        return _run_cycle(console, settings, datastore)
+    finally:
+        if keep:
+            console.print(f"kept {workdir} and network {DEMO_NETWORK}")
+        else:
+            _remove_network(uri)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
+    from celery.contrib.testing.worker import start_worker
+
+    from worker.app import app, configure, vmhost_queue
+    from worker.cli import wait_with_progress
+    from worker.db.engine import make_engine, make_session_factory
+    from worker.db.seed import (
+        SiteSpec,
+        create_capture_request,
+        create_demo_schema,
+        create_request,
+        create_tomaintenance_request,
+        seed_site,
+    )
+    from worker.db.store import VclStore
+    from worker.dispatcher import dispatch_once
+    from worker.tasks import runtime
+
+    _ensure_network(settings.libvirt_uri)
+    engine = make_engine(settings.database_url)
+    create_demo_schema(engine)
+    sf = make_session_factory(engine)
+    store = VclStore(sf)
+    spec = SiteSpec(
+        datastore_path=str(datastore), vm_path=str(datastore), repository_path=None,
+        virtualswitch0=DEMO_NETWORK, virtualswitch1=DEMO_NETWORK,
+        vmhost_hostname="demohost.example.org", vm_hostnames=("demovm1.example.org",),
+    )
+    site = seed_site(sf, spec)
+    _make_master(datastore / f"{site.imagename}.qcow2")
+    console.print(f"seeded site: VM host demohost, computer demovm1, image {site.imagename}")
+
+    configure(app, settings)
+    runtime.configure(settings, store)
+    queue = vmhost_queue("demohost")
+    app.conf.task_default_queue = queue  # the embedded worker consumes the host's queue
+    results: list[StepResult] = []
+    computer_id = site.computer_ids[0]
+
+    def run_step(step: str) -> bool:
+        t0 = time.monotonic()
+        done = dispatch_once(store, app, site.management_node_id)
+        enqueued = [d for d in done if d.action == "enqueued"]
+        if len(enqueued) != 1:
+            results.append(StepResult(step, "-", "NOT DISPATCHED", 0.0, "-", store.computer_state(computer_id),
+                                      "; ".join(f"{d.request_id}:{d.action} {d.reason}" for d in done)))
+            return False
+        d = enqueued[0]
+        console.print(f"[bold]{step}[/]: request {d.request_id} ({d.state}) → {d.task_name} on {d.queue}")
+        state, value = wait_with_progress(app.AsyncResult(d.task_id), timeout=600)
+        states = store.request_states(d.request_id)
+        detail = value.get("detail", "") if isinstance(value, dict) else str(value)
+        if isinstance(value, dict) and value.get("domain"):
+            detail = f"domain {value['domain']} {detail}".strip()
+        results.append(StepResult(step, str(d.task_name), state, time.monotonic() - t0,
+                                  "/".join(states) if states else "(removed)",
+                                  store.computer_state(computer_id), detail))
+        return state == "SUCCESS"
+
+    with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False, loglevel="WARNING",
+                      shutdown_timeout=30, queues=[queue]):
+        ok = True
+        create_request(sf, computer_id=computer_id, image_id=site.image_id,
+                       imagerevision_id=site.imagerevision_id, management_node_id=site.management_node_id)
+        ok = run_step("load (new)")
+        if ok:
+            create_capture_request(sf, computer_id=computer_id, image_id=site.image_id,
+                                   management_node_id=site.management_node_id)
+            ok = run_step("capture (image)")
+        if ok:
+            ok = run_step("reload (inserted by capture)")
+        if ok:
+            create_tomaintenance_request(sf, computer_id=computer_id, management_node_id=site.management_node_id)
+            ok = run_step("maintenance (tomaintenance)")
+
+    table = Table(title="vcl-worker demo summary")
+    for col in ("step", "task", "result", "seconds", "request", "computer", "detail"):
+        table.add_column(col)
+    for r in results:
+        colour = "green" if r.state == "SUCCESS" else "red"
+        table.add_row(r.step, r.task, f"[{colour}]{r.state}[/]", f"{r.seconds:.1f}", r.request_state,
+                      r.computer_state, r.detail[:80])
+    console.print(table)
+    if ok and len(results) == 4:
+        console.print("[bold green]demo cycle complete[/]")
+        return 0
+    console.print("[bold red]demo failed[/]")
+    return 1
+
+
+def main() -> int:
+    return run_demo()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["run_demo"]

@@ -1,0 +1,1 @@
+"""Thin Celery tasks: claim the request, call the provisioning core, record vcld's transitions."""

@@ -1,0 +1,301 @@
+"""What each Celery task does, as vcld does it: claim, load the reservation, call the core, record.
+
+These functions hold the *order of state transitions* only; provisioning lives in
+``worker.hypervisors`` and SQL in ``worker.db``. They talk to Celery through the small
+:class:`TaskHooks` protocol, so the same flow runs in a prefork worker, the embedded demo and tests.
+
+Idempotency: every flow may be delivered twice (late ack + redelivery after a crash). The claim
+returns RESUMED for a request this worker already moved to ``pending``; inside the per-computer
+lock the request state is read again, and a load whose domain is already running on the right
+master (``node_status() == READY``) is not redone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from worker.db.errors import VclDataError
+from worker.db.store import ClaimOutcome, VclStore
+from worker.hypervisors import LibvirtProvisioner, NodeStatus, ProgressEvent
+from worker.hypervisors.errors import ImageExistsError, PermanentError, TransientError
+from worker.hypervisors.reservation import Reservation
+
+from . import runtime
+from .locks import computer_lock
+
+log = logging.getLogger(__name__)
+
+# VCL computerloadlog stages the core reports, with the percentage shown while waiting.
+LOAD_STAGE_PERCENT = {"startload": 5.0, "transfervm": 50.0, "vmsetupconfig": 70.0, "startvm": 90.0}
+# A master copy from the repository runs between startload and transfervm.
+COPY_SPAN = (5.0, 50.0)
+CAPTURE_SPAN = (10.0, 90.0)
+
+# Request state each task claims from.
+FROM_STATE = {"load": "new", "reload": "reload", "capture": "image", "maintenance": "tomaintenance"}
+
+
+class TaskHooks(Protocol):
+    """The two things a flow needs from its task: progress reporting and the retry decision."""
+
+    def progress(self, stage: str, percent: float, message: str = "") -> None: ...
+
+    def may_retry(self) -> bool: ...
+
+
+class ReservationFailed(Exception):
+    """The reservation failed permanently; its request/computer states were already recorded."""
+
+
+class AlreadyHandled(Exception):
+    """The request is no longer ours to process (another task finished or took it)."""
+
+
+@dataclass
+class Summary:
+    """The task result: a small JSON-able record of what happened."""
+
+    action: str
+    reservation_id: int
+    request_id: int | None = None
+    status: str = "done"
+    computer: str | None = None
+    vmhost: str | None = None
+    domain: str | None = None
+    disks: dict[str, str] = field(default_factory=dict)
+    request_state: str | None = None
+    detail: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._start = time.monotonic()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.monotonic() - t0, 3)
+
+    def total(self) -> float:
+        return round(time.monotonic() - self._start, 3)
+
+
+def _claim(store: VclStore, reservation_id: int, from_state: str) -> tuple[int, ClaimOutcome]:
+    found = store.reservation_request(reservation_id)
+    if found is None:
+        raise ReservationFailed(f"reservation {reservation_id} does not exist")
+    request_id, state, laststate = found
+    outcome = store.claim_request(request_id, from_state)
+    if outcome is ClaimOutcome.LOST:
+        raise AlreadyHandled(
+            f"request {request_id} is {state}/{laststate}, not {from_state}: nothing to do"
+        )
+    return request_id, outcome
+
+
+def _still_ours(store: VclStore, request_id: int, from_state: str) -> None:
+    states = store.request_states(request_id)
+    if states != ("pending", from_state):
+        raise AlreadyHandled(f"request {request_id} is {states}; another task handled it")
+
+
+def _load_reservation(store: VclStore, reservation_id: int, request_id: int, action: str) -> Reservation:
+    try:
+        return store.load_reservation(reservation_id)
+    except VclDataError as exc:
+        # Bad data in the VCL database: fail the request the way vcld's reservation_failed does.
+        store.fail_request(request_id, reservation_id, f"{action}: {exc}")
+        raise ReservationFailed(str(exc)) from exc
+
+
+def _progress_adapter(
+    hooks: TaskHooks, store: VclStore, r: Reservation, span: tuple[float, float], record: bool
+) -> Callable[[ProgressEvent], None]:
+    last = {"percent": -1.0, "at": 0.0}
+
+    def on_progress(event: ProgressEvent) -> None:
+        if event.stage in LOAD_STAGE_PERCENT:
+            if record:
+                store.insert_loadlog(r.reservation_id, r.computer_id, event.stage, event.message)
+            hooks.progress(event.stage, LOAD_STAGE_PERCENT[event.stage], event.message)
+            return
+        if event.percent is None:
+            hooks.progress(event.stage, span[0], event.message)
+            return
+        # qemu-img reports often; forward at most every 1 % or 0.5 s.
+        now = time.monotonic()
+        if event.percent - last["percent"] < 1.0 and now - last["at"] < 0.5 and event.percent < 100:
+            return
+        last["percent"], last["at"] = event.percent, now
+        lo, hi = span
+        hooks.progress(event.stage, lo + (hi - lo) * event.percent / 100.0, event.message)
+
+    return on_progress
+
+
+def _retry_or_fail(hooks: TaskHooks, exc: TransientError, fail: Callable[[str], None]) -> None:
+    """Let the task retry a transient error; on the last attempt record the failure instead."""
+    if hooks.may_retry():
+        raise exc
+    fail(f"gave up after retries: {exc}")
+    raise ReservationFailed(str(exc)) from exc
+
+
+@contextmanager
+def _locked(computer_id: int, summary: Summary) -> Iterator[None]:
+    """The per-computer lock, recording how long the task waited for it."""
+    settings = runtime.settings()
+    t0 = time.monotonic()
+    with computer_lock(
+        runtime.lock_redis(), computer_id, ttl=settings.computer_lock_ttl, wait=settings.lock_wait
+    ):
+        summary.timings["lock_wait"] = round(time.monotonic() - t0, 3)
+        yield
+
+
+def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dict[str, Any]:
+    """``new``/``reload``: vcld's new.pm → reload_image → libvirt load (reference 3.4)."""
+    store, settings = runtime.store(), runtime.settings()
+    from_state = FROM_STATE[action]
+    summary = Summary(action=action, reservation_id=reservation_id)
+    clock = _Stopwatch()
+    request_id, outcome = _claim(store, reservation_id, from_state)
+    summary.request_id = request_id
+    hooks.progress("claimed", 1.0, outcome.value)
+    r = _load_reservation(store, reservation_id, request_id, action)
+    summary.computer, summary.vmhost = r.computer_short_name, r.vmhost_short_name
+    with _locked(r.computer_id, summary):
+        _still_ours(store, request_id, from_state)
+        provisioner = LibvirtProvisioner(r, settings)
+        store.start_load(r)
+        try:
+            provisioner.initialize()
+            # vcld skips the load of a computer already running this revision (node_status READY);
+            # that is also what makes a redelivered load converge instead of loading twice.
+            already = outcome is ClaimOutcome.RESUMED and provisioner.node_status() is NodeStatus.READY
+            if already:
+                summary.detail = "computer already loaded with this revision; load skipped"
+                domain = provisioner.get_domain_name()
+                summary.domain = domain
+            else:
+                with clock.phase("load"):
+                    result = provisioner.load(
+                        progress=_progress_adapter(hooks, store, r, COPY_SPAN, record=True)
+                    )
+                summary.domain = result.domain_name
+                summary.disks = {"cow": result.cow_path, "master": result.master_path}
+                summary.timings.update({f"core_{k}": v for k, v in result.timings.items()})
+        except TransientError as exc:
+            _retry_or_fail(hooks, exc, lambda msg: store.fail_load(r, msg))
+        except PermanentError as exc:
+            store.fail_load(r, f"{type(exc).__name__}: {exc}")
+            raise ReservationFailed(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            # A soft time limit or a bug: the reservation still fails the way vcld fails it.
+            store.fail_load(r, f"unexpected {type(exc).__name__}: {exc}")
+            raise
+        store.finish_load(r)
+    states = store.request_states(request_id)
+    summary.request_state = states[0] if states else None
+    summary.timings["total"] = clock.total()
+    hooks.progress("loadimagecomplete", 100.0)
+    return summary.as_dict()
+
+
+def run_capture(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
+    """``image``: vcld's image.pm → libvirt capture → image/imagerevision rows → reload request."""
+    store, settings = runtime.store(), runtime.settings()
+    summary = Summary(action="capture", reservation_id=reservation_id)
+    clock = _Stopwatch()
+    request_id, outcome = _claim(store, reservation_id, "image")
+    summary.request_id = request_id
+    hooks.progress("claimed", 1.0, outcome.value)
+    r = _load_reservation(store, reservation_id, request_id, "capture")
+    summary.computer, summary.vmhost = r.computer_short_name, r.vmhost_short_name
+    with _locked(r.computer_id, summary):
+        _still_ours(store, request_id, "image")
+        provisioner = LibvirtProvisioner(r, settings)
+        try:
+            provisioner.initialize()
+            new_name = provisioner.get_new_image_name()
+            try:
+                with clock.phase("capture"):
+                    result = provisioner.capture(
+                        progress=_progress_adapter(hooks, store, r, CAPTURE_SPAN, record=False)
+                    )
+                new_name = result.new_image_name
+                summary.domain = result.domain_name
+                summary.disks = {"master": result.master_path}
+                if result.repository_path:
+                    summary.disks["repository"] = result.repository_path
+            except ImageExistsError:
+                # Masters appear only by atomic rename, so an existing target is a complete capture
+                # from an earlier delivery of this task that died before recording it.
+                if outcome is not ClaimOutcome.RESUMED:
+                    raise
+                summary.detail = "master already captured by an earlier delivery; recording it"
+            size_mb = provisioner.get_image_size(new_name)
+        except TransientError as exc:
+            _retry_or_fail(hooks, exc, lambda msg: store.fail_capture(r, msg))
+        except PermanentError as exc:
+            store.fail_capture(r, f"{type(exc).__name__}: {exc}")
+            raise ReservationFailed(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            store.fail_capture(r, f"unexpected {type(exc).__name__}: {exc}")
+            raise
+        reload_request_id = store.finish_capture(r, new_name, size_mb)
+    summary.detail = (summary.detail + f" new image {new_name} ({size_mb} MB); reload request "
+                      f"{reload_request_id}").strip()
+    states = store.request_states(request_id)
+    summary.request_state = states[0] if states else None
+    summary.timings["total"] = clock.total()
+    hooks.progress("complete", 100.0)
+    return summary.as_dict()
+
+
+def run_maintenance(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
+    """``tomaintenance``: new.pm → post_maintenance_action → computer maintenance, vmhostid NULL."""
+    store, settings = runtime.store(), runtime.settings()
+    summary = Summary(action="maintenance", reservation_id=reservation_id)
+    clock = _Stopwatch()
+    request_id, outcome = _claim(store, reservation_id, "tomaintenance")
+    summary.request_id = request_id
+    hooks.progress("claimed", 1.0, outcome.value)
+    r = _load_reservation(store, reservation_id, request_id, "maintenance")
+    summary.computer, summary.vmhost = r.computer_short_name, r.vmhost_short_name
+    with _locked(r.computer_id, summary):
+        _still_ours(store, request_id, "tomaintenance")
+        provisioner = LibvirtProvisioner(r, settings)
+        try:
+            provisioner.initialize()
+            with clock.phase("unload"):
+                removed = provisioner.post_maintenance_action()
+            summary.detail = f"removed domains: {', '.join(removed) or 'none'}"
+        except TransientError as exc:
+            if hooks.may_retry():
+                raise
+            summary.detail = f"post_maintenance_action failed: {exc}"
+        except PermanentError as exc:
+            # vcld logs this as CRITICAL and still puts the computer in maintenance (new.pm 4).
+            summary.detail = f"post_maintenance_action failed: {type(exc).__name__}: {exc}"
+        if summary.detail.startswith("post_maintenance_action failed"):
+            store.insert_loadlog(r.reservation_id, r.computer_id, "failed", summary.detail)
+        store.finish_maintenance(r)
+    states = store.request_states(request_id)
+    summary.request_state = states[0] if states else None
+    summary.timings["total"] = clock.total()
+    hooks.progress("complete", 100.0)
+    return summary.as_dict()

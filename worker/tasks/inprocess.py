@@ -1,0 +1,67 @@
+"""A tiny in-process stand-in for the Redis calls the tasks make (locks, task ids).
+
+Only the embedded demo uses it (``VCL_LOCK_REDIS_URL=memory://``), where broker, worker and
+dispatcher share one process and no Redis server is configured. Semantics match what the tasks
+rely on: a lock with an owner token and a TTL, and keys with an expiry.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+
+class _Lock:
+    def __init__(self, kv: InProcessKV, name: str, timeout: float | None, blocking_timeout: float | None):
+        self._kv, self._name, self._timeout, self._wait = kv, name, timeout, blocking_timeout
+        self._token = uuid.uuid4().hex
+
+    def acquire(self) -> bool:
+        deadline = None if self._wait is None else time.monotonic() + self._wait
+        while True:
+            with self._kv.cond:
+                if self._kv.get(self._name) is None:
+                    self._kv.set(self._name, self._token, ex=self._timeout)
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._kv.cond.wait(timeout=0.1 if remaining is None else min(0.1, remaining))
+
+    def release(self) -> None:
+        with self._kv.cond:
+            if self._kv.get(self._name) == self._token.encode():
+                self._kv.delete(self._name)
+            self._kv.cond.notify_all()
+
+
+class InProcessKV:
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.RLock())
+        self._data: dict[str, tuple[bytes, float | None]] = {}
+
+    def set(self, key: str, value: str | bytes, ex: float | None = None) -> bool:
+        raw = value.encode() if isinstance(value, str) else value
+        with self.cond:
+            self._data[key] = (raw, None if ex is None else time.monotonic() + ex)
+        return True
+
+    def get(self, key: str) -> bytes | None:
+        with self.cond:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            if item[1] is not None and item[1] < time.monotonic():
+                del self._data[key]
+                return None
+            return item[0]
+
+    def delete(self, key: str) -> None:
+        with self.cond:
+            self._data.pop(key, None)
+
+    def lock(self, name: str, timeout: float | None = None, blocking_timeout: float | None = None,
+             **_: Any) -> _Lock:
+        return _Lock(self, name, timeout, blocking_timeout)

@@ -1,0 +1,146 @@
+"""The four VCL tasks: ``vcl.load``, ``vcl.reload``, ``vcl.capture``, ``vcl.maintenance``.
+
+Each takes a reservation id. The flow itself lives in :mod:`worker.tasks.flows`; this module maps it
+onto Celery: progress through ``update_state('PROGRESS')``, bounded retries with exponential backoff
+and jitter for transient errors only (libvirt connection, database connection, Redis, a busy
+computer), late acks and redelivery when the worker child dies (the flows are idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import sqlalchemy.exc
+from celery import Task
+from celery.signals import worker_process_init
+
+from worker.app import app
+from worker.hypervisors.errors import TransientError
+
+from . import flows, runtime
+
+log = logging.getLogger(__name__)
+
+# Errors worth retrying: the next attempt may well succeed.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+)
+MAX_RETRIES = 5
+BACKOFF_BASE = 2.0
+BACKOFF_MAX = 600.0
+
+
+@worker_process_init.connect
+def _child_started(**_: Any) -> None:
+    # Never reuse the parent's database pool or Redis socket in a forked child.
+    runtime.reset_after_fork()
+
+
+class VclTask(Task):  # type: ignore[misc]
+    """Base of the VCL tasks: late ack, requeue on worker loss, bounded transient retries."""
+
+    abstract = True
+    acks_late = True
+    reject_on_worker_lost = True
+    max_retries = MAX_RETRIES
+    track_started = True
+
+
+class _Hooks:
+    def __init__(self, task: Task, reservation_id: int) -> None:
+        self.task = task
+        self.reservation_id = reservation_id
+
+    def progress(self, stage: str, percent: float, message: str = "") -> None:
+        if not self.task.request.id:
+            return  # called directly (not through a worker): no state to update
+        self.task.update_state(
+            state="PROGRESS",
+            meta={
+                "reservation_id": self.reservation_id,
+                "stage": stage,
+                "percent": round(percent, 1),
+                "message": message,
+            },
+        )
+
+    def may_retry(self) -> bool:
+        return int(self.task.request.retries) < int(self.task.max_retries)
+
+
+def _backoff(retries: int) -> float:
+    """Exponential backoff with full jitter, capped (Celery's retry_backoff semantics)."""
+    return random.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE ** (retries + 1)))  # noqa: S311
+
+
+def _run(task: Task, flow: Callable[..., dict[str, Any]], reservation_id: int, *extra: Any) -> dict[str, Any]:
+    reservation_id = int(reservation_id)
+    if task.request.id:
+        runtime.remember_task(reservation_id, task.request.id)
+    hooks = _Hooks(task, reservation_id)
+    try:
+        return flow(hooks, reservation_id, *extra)
+    except flows.AlreadyHandled as exc:
+        log.info("reservation %s: %s", reservation_id, exc)
+        return {"reservation_id": reservation_id, "status": "skipped", "detail": str(exc)}
+    except TRANSIENT_ERRORS as exc:
+        if not hooks.may_retry():
+            raise
+        countdown = _backoff(int(task.request.retries))
+        log.warning("reservation %s: transient error, retry in %.1fs: %s", reservation_id, countdown, exc)
+        raise task.retry(exc=exc, countdown=countdown) from exc
+
+
+@app.task(
+    bind=True, base=VclTask, name="vcl.load",
+    soft_time_limit=runtime.settings().load_soft_time_limit, time_limit=runtime.settings().load_time_limit,
+)
+def load(self: Task, reservation_id: int) -> dict[str, Any]:
+    """Load the reservation's image on its computer (request ``new`` → ``reserved``)."""
+    return _run(self, flows.run_load, reservation_id, "load")
+
+
+@app.task(
+    bind=True, base=VclTask, name="vcl.reload",
+    soft_time_limit=runtime.settings().load_soft_time_limit, time_limit=runtime.settings().load_time_limit,
+)
+def reload(self: Task, reservation_id: int) -> dict[str, Any]:
+    """Reload a computer (request ``reload`` → ``complete``, computer ``available``)."""
+    return _run(self, flows.run_load, reservation_id, "reload")
+
+
+@app.task(
+    bind=True, base=VclTask, name="vcl.capture",
+    soft_time_limit=runtime.settings().capture_soft_time_limit,
+    time_limit=runtime.settings().capture_time_limit,
+)
+def capture(self: Task, reservation_id: int) -> dict[str, Any]:
+    """Capture the computer's disk as the new image revision (request ``image``)."""
+    return _run(self, flows.run_capture, reservation_id)
+
+
+@app.task(
+    bind=True, base=VclTask, name="vcl.maintenance",
+    soft_time_limit=runtime.settings().load_soft_time_limit, time_limit=runtime.settings().load_time_limit,
+)
+def maintenance(self: Task, reservation_id: int) -> dict[str, Any]:
+    """Take a computer out of service (request ``tomaintenance``): remove its domains."""
+    return _run(self, flows.run_maintenance, reservation_id)
+
+
+TASK_FOR_STATE: dict[str, str] = {
+    "new": "vcl.load",
+    "reload": "vcl.reload",
+    "image": "vcl.capture",
+    "tomaintenance": "vcl.maintenance",
+}
+
+__all__ = ["TASK_FOR_STATE", "capture", "load", "maintenance", "reload"]
