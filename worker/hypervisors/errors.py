@@ -58,3 +58,11 @@ class DatastoreFullError(PermanentError):
 
 class NoDriverError(PermanentError):
     """No hypervisor driver's probe succeeded on this host."""
+
+
+class AmbiguousDomainError(PermanentError):
+    """More than one domain matches the computer's MAC addresses (capture needs exactly one)."""
+
+
+class LockTimeoutError(TransientError):
+    """A per-image file lock could not be obtained in time (another process is copying the image)."""

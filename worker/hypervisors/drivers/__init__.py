@@ -1,0 +1,8 @@
+"""Hypervisor drivers (libvirt.pm's ``$self->{driver}``) and the registry that picks one."""
+
+from __future__ import annotations
+
+from worker.hypervisors.drivers.base import Driver, registered_drivers, select_driver
+from worker.hypervisors.drivers.kvm import KVMDriver
+
+__all__ = ["Driver", "KVMDriver", "registered_drivers", "select_driver"]

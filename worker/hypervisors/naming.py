@@ -1,0 +1,267 @@
+"""VCL's naming and path rules (libvirt.pm section 1.2), as pure functions, plus input validation.
+
+Every name that ends up in a file path or in libvirt XML comes from the VCL database, so it is validated
+here before any file or domain is touched (:class:`InvalidInputError` naming the bad value).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable
+
+from worker.hypervisors.errors import InvalidInputError
+
+DOMAIN_NAME_MAX_LENGTH = 48
+
+# Files that never count as a master image (VCL drops *.xml and *.reference; we also drop our own
+# temporary/partial files and lock files so a half-written copy is never mistaken for a master).
+_MASTER_EXCLUDED_SUFFIXES = (".xml", ".reference", ".part", ".lock")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$", re.IGNORECASE)
+_BAD_NAME_CHARS = {
+    "/": "a slash",
+    "\\": "a backslash",
+    "'": "a quote",
+    '"': "a quote",
+    "`": "a backquote",
+    "<": "'<'",
+    ">": "'>'",
+    "&": "'&'",
+    "*": "a wildcard",
+    "?": "a wildcard",
+    "[": "a wildcard",
+    "$": "'$'",
+    ";": "';'",
+    "|": "'|'",
+}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_name(value: str, what: str = "image name") -> str:
+    """Reject names that could escape a directory, break XML or a shell: returns ``value`` unchanged."""
+    if not isinstance(value, str) or value == "":
+        raise InvalidInputError(f"invalid {what} {value!r}: empty")
+    if ".." in value:
+        raise InvalidInputError(f"invalid {what} {value!r}: contains '..'")
+    if value.startswith(("-", ".")):
+        raise InvalidInputError(f"invalid {what} {value!r}: must not start with '-' or '.'")
+    for ch in value:
+        if ch in _BAD_NAME_CHARS:
+            raise InvalidInputError(f"invalid {what} {value!r}: contains {_BAD_NAME_CHARS[ch]}")
+        if ch.isspace():
+            raise InvalidInputError(f"invalid {what} {value!r}: contains whitespace")
+        if ord(ch) < 32 or ord(ch) == 127:
+            raise InvalidInputError(f"invalid {what} {value!r}: contains a control character")
+    if len(value) > 200:
+        raise InvalidInputError(f"invalid {what} {value!r}: longer than 200 characters")
+    return value
+
+
+def validate_path(value: str, what: str = "path") -> str:
+    """Absolute, no ``..`` component, no control characters or quotes. Returns the normalised path."""
+    if not isinstance(value, str) or value.strip() == "":
+        raise InvalidInputError(f"invalid {what} {value!r}: empty")
+    if not value.startswith("/"):
+        raise InvalidInputError(f"invalid {what} {value!r}: not an absolute path")
+    if any(part == ".." for part in value.split("/")):
+        raise InvalidInputError(f"invalid {what} {value!r}: contains '..'")
+    for ch in value:
+        if ord(ch) < 32 or ord(ch) == 127:
+            raise InvalidInputError(f"invalid {what} {value!r}: contains a control character")
+        if ch in "'\"`<>&":
+            raise InvalidInputError(f"invalid {what} {value!r}: contains {ch!r}")
+    return os.path.normpath(value)
+
+
+def normalize_mac(value: str, what: str = "MAC address") -> str:
+    """``aa:bb:cc:dd:ee:ff`` (lowercase); accepts ``-`` separators; rejects multicast addresses."""
+    if not isinstance(value, str) or not _MAC_RE.match(value.strip()):
+        raise InvalidInputError(f"invalid {what} {value!r}: expected six hex octets like 52:54:00:12:34:56")
+    mac = value.strip().lower().replace("-", ":")
+    if int(mac[:2], 16) & 1:
+        raise InvalidInputError(f"invalid {what} {value!r}: multicast address (first octet is odd)")
+    return mac
+
+
+def is_valid_mac(value: str) -> bool:
+    try:
+        normalize_mac(value)
+    except InvalidInputError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- VCL names
+
+
+def reduce_prettyname(prettyname: str) -> str:
+    """``[^a-z0-9]`` removed, case-insensitive (get_domain_name)."""
+    return re.sub(r"[^a-z0-9]", "", prettyname, flags=re.IGNORECASE)
+
+
+def domain_name(
+    computer_short_name: str,
+    computer_id: int,
+    image_prettyname: str,
+    image_id: int,
+    revision: int,
+    max_length: int = DOMAIN_NAME_MAX_LENGTH,
+) -> str:
+    """``libvirt.pm:get_domain_name`` for states other than image/checkpoint, with the 48-char rule."""
+    if len(computer_short_name) > max_length:
+        return str(computer_id)
+    prefix = f"{computer_short_name}_"
+    suffix = f"{image_id}-v{revision}"
+    base_length = len(prefix) + len(suffix)
+    if base_length > max_length:
+        return computer_short_name
+    if base_length == max_length:
+        return prefix + suffix
+    middle_max = max_length - base_length - 1
+    if middle_max < 5:
+        return prefix + suffix
+    middle = reduce_prettyname(image_prettyname)[:middle_max]
+    return f"{prefix}{middle}_{suffix}"
+
+
+def domain_file_base_name(computer_short_name: str, image_id: int, revision: int) -> str:
+    """``get_domain_file_base_name``: ``<short>_<imageid>-v<rev>``."""
+    return f"{computer_short_name}_{image_id}-v{revision}"
+
+
+def copy_on_write_file_path(vm_path: str, file_base_name: str, datastore_imagetype: str) -> str:
+    """``get_copy_on_write_file_path``: ``<vmpath>/<base>.<datastore imagetype>``."""
+    return os.path.join(vm_path, f"{file_base_name}.{datastore_imagetype}")
+
+
+def new_image_name(os_name: str, image_prettyname: str, image_id: int, revision: int) -> str:
+    """``get_new_image_name``: ``<OS.name minus vmware/image>-<prettyname minus [\\W_]>-<id>-v<rev>``."""
+    os_part = re.sub(r"vmware|image", "", os_name)
+    pretty = re.sub(r"[\W_]", "", image_prettyname)
+    return f"{os_part}-{pretty}-{image_id}-v{revision}"
+
+
+def is_computer_domain(domain: str, computer_short_name: str) -> bool:
+    """Domain names ``<short>_…`` or ``<short>:…`` (delete_existing_domains)."""
+    return domain.startswith((f"{computer_short_name}_", f"{computer_short_name}:"))
+
+
+def is_computer_disk(path: str, computer_short_name: str) -> bool:
+    """Outside the image state only disks whose base name starts with ``<short>_`` are deleted."""
+    return os.path.basename(path).startswith(f"{computer_short_name}_")
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _walk_files(root: str) -> Iterable[str]:
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            yield os.path.join(dirpath, f)
+
+
+def find_master_candidates(datastore_path: str, image_name: str) -> list[str]:
+    """``find "<datastore>/" -iname "<image name>.*" -type f`` minus *.xml / *.reference (and .part)."""
+    if not os.path.isdir(datastore_path):
+        return []
+    pattern = f"{image_name}.*".lower()
+    out = []
+    for path in _walk_files(datastore_path):
+        base = os.path.basename(path).lower()
+        if not fnmatch.fnmatchcase(base, pattern):
+            continue
+        if base.endswith(_MASTER_EXCLUDED_SUFFIXES):
+            continue
+        if os.path.isfile(path):
+            out.append(path)
+    return sorted(out)
+
+
+def master_image_file_path(datastore_path: str, image_name: str, datastore_imagetype: str) -> str:
+    """``get_master_image_file_path``: a unique recursive case-insensitive match, else the built path."""
+    candidates = find_master_candidates(datastore_path, image_name)
+    if len(candidates) == 1:
+        return candidates[0]
+    return os.path.join(datastore_path, f"{image_name}.{datastore_imagetype}")
+
+
+def master_xml_file_path(datastore_path: str, image_name: str) -> str:
+    return os.path.join(datastore_path, f"{image_name}.xml")
+
+
+def repository_image_directory_path(repository_path: str | None, image_name: str) -> str | None:
+    if not repository_path:
+        return None
+    return os.path.join(repository_path, image_name)
+
+
+def repository_image_file_path(
+    repository_path: str | None, image_name: str, repository_imagetype: str
+) -> str | None:
+    d = repository_image_directory_path(repository_path, image_name)
+    return None if d is None else os.path.join(d, f"{image_name}.{repository_imagetype}")
+
+
+def repository_xml_file_path(repository_path: str | None, image_name: str) -> str | None:
+    d = repository_image_directory_path(repository_path, image_name)
+    return None if d is None else os.path.join(d, f"{image_name}.xml")
+
+
+def find_repository_image_file_paths(repository_path: str | None, image_name: str) -> list[str]:
+    """``find "<repo>/" -iname "<name>*.*" -type f`` with VCL's filters (prefix match, as VCL).
+
+    Drops paths containing ``.vmx``, ``.txt`` or ``.xml`` anywhere, paths whose last component has no
+    ``.``, our own ``.part`` files, and, when more than one file remains and the first (sorted) is a
+    ``.vmdk``, the split-vmdk descriptor ``<name>.vmdk``.
+    """
+    if not repository_path or not os.path.isdir(repository_path):
+        return []
+    pattern = f"{image_name}*.*".lower()
+    found = []
+    for path in _walk_files(repository_path):
+        base = os.path.basename(path)
+        if not fnmatch.fnmatchcase(base.lower(), pattern):
+            continue
+        if re.search(r"\.(vmx|txt|xml)", path, re.IGNORECASE):
+            continue
+        if "." not in base or base.endswith(".part"):
+            continue
+        found.append(path)
+    found.sort()
+    if len(found) > 1 and found[0].lower().endswith(".vmdk"):
+        found = [p for p in found if os.path.basename(p) != f"{image_name}.vmdk"]
+    return found
+
+
+def image_repository_search_paths(repository_path: str | None, image_name: str) -> list[str]:
+    """Glob patterns under which a copy of the image may live (used by image retrieval)."""
+    if not repository_path:
+        return []
+    return [os.path.join(repository_path, f"{image_name}*"), os.path.join(repository_path, image_name, "*")]
+
+
+__all__ = [
+    "DOMAIN_NAME_MAX_LENGTH",
+    "copy_on_write_file_path",
+    "domain_file_base_name",
+    "domain_name",
+    "find_master_candidates",
+    "find_repository_image_file_paths",
+    "image_repository_search_paths",
+    "is_computer_disk",
+    "is_computer_domain",
+    "is_valid_mac",
+    "master_image_file_path",
+    "master_xml_file_path",
+    "new_image_name",
+    "normalize_mac",
+    "reduce_prettyname",
+    "repository_image_directory_path",
+    "repository_image_file_path",
+    "repository_xml_file_path",
+    "validate_name",
+    "validate_path",
+]
