@@ -163,7 +163,13 @@ def _locked(computer_id: int, summary: Summary) -> Iterator[None]:
         runtime.lock_redis(), computer_id, ttl=settings.computer_lock_ttl, wait=settings.lock_wait
     ):
         summary.timings["lock_wait"] = round(time.monotonic() - t0, 3)
-        yield
+        # Wall-clock bounds of the exclusive section: lets operators (and tests) check that two
+        # tasks for one computer never overlapped.
+        summary.timings["locked_at"] = time.time()
+        try:
+            yield
+        finally:
+            summary.timings["unlocked_at"] = time.time()
 
 
 def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dict[str, Any]:
