@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import libvirt_env
+from tests.support.reservations import make_reservation
+from worker.config import Settings
+from worker.hypervisors import LibvirtProvisioner, get_host
+from worker.hypervisors.reservation import Reservation
+
+RUN_ID = uuid.uuid4().hex[:6]
+PREFIX = f"vc{RUN_ID}"  # computer short names: vc<run>n<k>
+_counter = itertools.count(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real: needs the real qemu:///system libvirtd")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if not libvirt_env.system_available():
+        skip = pytest.mark.skip(reason="qemu:///system not available")
+        for item in items:
+            if "real" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def network() -> Iterator[str]:
+    name = libvirt_env.ensure_isolated_network(f"vcltest-{RUN_ID}")
+    yield name
+    libvirt_env.cleanup_domains(PREFIX)
+    libvirt_env.remove_network(name)
+
+
+@dataclass
+class Env:
+    datastore: Path
+    settings: Settings
+    network: str
+
+    def reservation(self, **overrides: Any) -> Reservation:
+        short = overrides.pop("computer_short_name", f"{PREFIX}n{next(_counter)}")
+        vp = {
+            "datastore_path": str(self.datastore),
+            "vm_path": str(self.datastore / "vms"),
+            "virtualswitch0": self.network,
+            "virtualswitch1": self.network,
+        }
+        vp.update(overrides.pop("vmprofile", {}))
+        n = int(short.rsplit("n", 1)[-1]) if short.rsplit("n", 1)[-1].isdigit() else 1
+        defaults: dict[str, Any] = dict(
+            computer_short_name=short,
+            computer_hostname=f"{short}.test",
+            computer_id=100000 + n,
+            eth0_mac=f"52:54:00:{RUN_ID[:2]}:{n // 256:02x}:{n % 256:02x}",
+            eth1_mac=f"52:54:00:{RUN_ID[2:4]}:{n // 256:02x}:{n % 256:02x}",
+            vmprofile=vp,
+        )
+        defaults.update(overrides)
+        return make_reservation(**defaults)
+
+    def provisioner(self, res: Reservation | None = None, **overrides: Any) -> LibvirtProvisioner:
+        return LibvirtProvisioner(res or self.reservation(**overrides), self.settings, get_host("qemu:///system"))
+
+    def master_for(self, res: Reservation, pattern: int | None = 0xCD) -> Path:
+        return libvirt_env.make_master(
+            self.datastore / f"{res.imagerevision_imagename}.qcow2", size_mb=64, pattern=pattern, mode=0o444
+        )
+
+
+@pytest.fixture
+def env(network: str, request: pytest.FixtureRequest) -> Iterator[Env]:
+    ds = libvirt_env.make_datastore(f"{RUN_ID}-{request.node.name[:40]}".replace("[", "_").replace("]", "_"))
+    settings = Settings(
+        libvirt_uri="qemu:///system",
+        lock_dir=str(ds / "locks"),
+        shutdown_timeout=2,
+        shutdown_retry_interval=1,
+        qemu_img_convert_timeout=600,
+        qemu_img_info_timeout=30,
+    )
+    e = Env(ds, settings, network)
+    yield e
+    libvirt_env.cleanup_domains(PREFIX)
+    libvirt_env.remove_datastore(ds)
+
+
+@pytest.fixture
+def events() -> tuple[list[Any], Callable[[Any], None]]:
+    seen: list[Any] = []
+    return seen, seen.append
+
+
+def files_in(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and "locks" not in p.parts}
+
+
+os.environ.setdefault("VCL_LIBVIRT_URI", "qemu:///system")
