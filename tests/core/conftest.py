@@ -47,10 +47,17 @@ class Env:
     settings: Settings
     network: str
 
+    @property
+    def images(self) -> Path:
+        """vmprofile.datastorepath (masters); COWs go to <root>/vms, a repository to <root>/repo."""
+        p = self.datastore / "images"
+        p.mkdir(mode=0o755, exist_ok=True)
+        return p
+
     def reservation(self, **overrides: Any) -> Reservation:
         short = overrides.pop("computer_short_name", f"{PREFIX}n{next(_counter)}")
         vp = {
-            "datastore_path": str(self.datastore),
+            "datastore_path": str(self.images),
             "vm_path": str(self.datastore / "vms"),
             "virtualswitch0": self.network,
             "virtualswitch1": self.network,
@@ -73,7 +80,7 @@ class Env:
 
     def master_for(self, res: Reservation, pattern: int | None = 0xCD) -> Path:
         return libvirt_env.make_master(
-            self.datastore / f"{res.imagerevision_imagename}.qcow2", size_mb=64, pattern=pattern, mode=0o444
+            self.images / f"{res.imagerevision_imagename}.qcow2", size_mb=64, pattern=pattern, mode=0o444
         )
 
 
