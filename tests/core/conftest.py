@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -76,7 +77,9 @@ class Env:
         return make_reservation(**defaults)
 
     def provisioner(self, res: Reservation | None = None, **overrides: Any) -> LibvirtProvisioner:
-        return LibvirtProvisioner(res or self.reservation(**overrides), self.settings, get_host("qemu:///system"))
+        return LibvirtProvisioner(
+            res or self.reservation(**overrides), self.settings, get_host("qemu:///system")
+        )
 
     def master_for(self, res: Reservation, pattern: int | None = 0xCD) -> Path:
         return libvirt_env.make_master(
@@ -86,7 +89,8 @@ class Env:
 
 @pytest.fixture
 def env(network: str, request: pytest.FixtureRequest) -> Iterator[Env]:
-    ds = libvirt_env.make_datastore(f"{RUN_ID}-{request.node.name[:40]}".replace("[", "_").replace("]", "_"))
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[:40]
+    ds = libvirt_env.make_datastore(f"{RUN_ID}-{safe}")
     settings = Settings(
         libvirt_uri="qemu:///system",
         lock_dir=str(ds / "locks"),

@@ -97,7 +97,12 @@ def test_master_copied_from_repository_once(env, events) -> None:  # type: ignor
     assert not list(env.datastore.rglob("*.part"))
     copies = [e for e in seen if e.stage == "copy"]
     assert copies and copies[-1].percent == 100.0
-    assert [e.stage for e in seen if e.stage != "copy"] == ["startload", "transfervm", "vmsetupconfig", "startvm"]
+    assert [e.stage for e in seen if e.stage != "copy"] == [
+        "startload",
+        "transfervm",
+        "vmsetupconfig",
+        "startvm",
+    ]
     from worker.hypervisors import qemuimg
 
     assert qemuimg.compare(str(master), str(src))
@@ -131,7 +136,7 @@ def test_concurrent_loads_copy_master_once(env) -> None:  # type: ignore[no-unty
 
 
 def test_concurrent_processes_copy_master_once(env) -> None:  # type: ignore[no-untyped-def]
-    res, _src = _repo_reservation(env)
+    _repo_reservation(env)
     code = (
         "import sys, json\n"
         "from worker.hypervisors.drivers.kvm import KVMDriver\n"

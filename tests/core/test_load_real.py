@@ -68,7 +68,9 @@ def test_load_other_revision_replaces_previous(env) -> None:  # type: ignore[no-
     out = p2.load()
     assert libvirt_env.list_domain_names(res1.computer_short_name) == [out.domain_name]
     assert out.domain_name.endswith("3081-v6")
-    assert sorted(p.name for p in (env.datastore / "vms").iterdir()) == [f"{res1.computer_short_name}_3081-v6.qcow2"]
+    assert sorted(p.name for p in (env.datastore / "vms").iterdir()) == [
+        f"{res1.computer_short_name}_3081-v6.qcow2"
+    ]
     # node_status for the old revision: RELOAD
     assert env.provisioner(res1).node_status().value == "RELOAD"
     p2.power_off()

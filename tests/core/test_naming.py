@@ -10,7 +10,10 @@ from worker.hypervisors import InvalidInputError, LibvirtHost, LibvirtProvisione
 
 
 def test_vcl_reference_examples() -> None:
-    assert naming.domain_name("vm4-22", 22, "CentOS 7 Base (64 bit VM)", 3081, 5) == "vm4-22_CentOS7Base64bitVM_3081-v5"
+    assert (
+        naming.domain_name("vm4-22", 22, "CentOS 7 Base (64 bit VM)", 3081, 5)
+        == "vm4-22_CentOS7Base64bitVM_3081-v5"
+    )
     assert naming.domain_file_base_name("vm4-22", 3081, 5) == "vm4-22_3081-v5"
     assert naming.new_image_name("vmwarelinux", "CentOS7Base", 3081, 5) == "linux-CentOS7Base-3081-v5"
     assert naming.new_image_name("vmwarewinimage7", "Win 7_x", 1, 2) == "win7-Win7x-1-v2"
@@ -47,7 +50,21 @@ def test_domain_name_48_char_rules() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["../etc/passwd", "a/b", "it's", 'q"uote', "<x>", "a b", "tab\there", "nl\n", "", "..", "-rf", "a;b", "$(x)"],
+    [
+        "../etc/passwd",
+        "a/b",
+        "it's",
+        'q"uote',
+        "<x>",
+        "a b",
+        "tab\there",
+        "nl\n",
+        "",
+        "..",
+        "-rf",
+        "a;b",
+        "$(x)",
+    ],
 )
 def test_validate_name_rejects(bad: str) -> None:
     with pytest.raises(InvalidInputError) as ei:
@@ -94,7 +111,14 @@ def test_repository_find_rules(tmp_path) -> None:  # type: ignore[no-untyped-def
     repo = tmp_path
     d = repo / "img-v1"
     d.mkdir()
-    for f in ["img-v1.vmdk", "img-v1-s001.vmdk", "img-v1-s002.vmdk", "img-v1.vmx", "img-v1.xml", "img-v1.txt"]:
+    for f in [
+        "img-v1.vmdk",
+        "img-v1-s001.vmdk",
+        "img-v1-s002.vmdk",
+        "img-v1.vmx",
+        "img-v1.xml",
+        "img-v1.txt",
+    ]:
         (d / f).write_text("x")
     (d / "img-v1noext").write_text("x")
     found = naming.find_repository_image_file_paths(str(repo), "img-v1")
@@ -111,8 +135,12 @@ def test_provisioner_paths_and_validation() -> None:
     assert p.get_master_xml_file_path() == "/var/lib/libvirt/images/linux-CentOS7Base-3081-v5.xml"
     assert p.get_new_image_name() == "linux-CentOS7Base64bitVM-3081-v5"
     with pytest.raises(InvalidInputError, match=r"\.\./x"):
-        LibvirtProvisioner(make_reservation(imagerevision_imagename="../x"), Settings(), LibvirtHost("test:///default"))
+        LibvirtProvisioner(
+            make_reservation(imagerevision_imagename="../x"), Settings(), LibvirtHost("test:///default")
+        )
     with pytest.raises(InvalidInputError, match="vmpath"):
-        LibvirtProvisioner(make_reservation(vmprofile={"vm_path": "rel"}), Settings(), LibvirtHost("test:///default"))
+        LibvirtProvisioner(
+            make_reservation(vmprofile={"vm_path": "rel"}), Settings(), LibvirtHost("test:///default")
+        )
     with pytest.raises(InvalidInputError, match="eth0"):
         LibvirtProvisioner(make_reservation(eth0_mac="nope"), Settings(), LibvirtHost("test:///default"))
