@@ -25,7 +25,9 @@ def test_every_mapped_column_exists_with_compatible_type(engine: Engine) -> None
             mapped_py = col.type.python_type
             real_py = rcol.type.python_type
             if mapped_py is not real_py:
-                problems.append(f"{where}: mapped {mapped_py.__name__}, real {real_py.__name__} ({rcol.type})")
+                problems.append(
+                    f"{where}: mapped {mapped_py.__name__}, real {real_py.__name__} ({rcol.type})"
+                )
             if col.nullable != rcol.nullable:
                 problems.append(f"{where}: mapped nullable={col.nullable}, real nullable={rcol.nullable}")
             if col.primary_key != rcol.primary_key:

@@ -15,7 +15,9 @@ from worker.db.store import ClaimOutcome, VclStore
 PRELOAD = ["statuscheck", "loadimageblade", "info", "doesimageexists", "info"]
 
 
-def _new(sf: sessionmaker[Session], site: SeededSite, state: str = "new", user: str = "admin") -> tuple[int, int]:
+def _new(
+    sf: sessionmaker[Session], site: SeededSite, state: str = "new", user: str = "admin"
+) -> tuple[int, int]:
     return create_request(
         sf,
         computer_id=site.computer_ids[0],
@@ -61,7 +63,9 @@ def test_new_to_reserved(sf: sessionmaker[Session], store: VclStore, site: Seede
     assert snapshot(sf) == before
 
 
-def test_reload_to_complete_then_removed(sf: sessionmaker[Session], store: VclStore, site: SeededSite) -> None:
+def test_reload_to_complete_then_removed(
+    sf: sessionmaker[Session], store: VclStore, site: SeededSite
+) -> None:
     req, res = _new(sf, site, state="reload", user="vclreload")
     cid = site.computer_ids[0]
     assert store.claim_request(req, "reload") is ClaimOutcome.CLAIMED
@@ -126,7 +130,7 @@ def test_capture_success(sf: sessionmaker[Session], store: VclStore, site: Seede
     assert store.claim_request(req, "image") is ClaimOutcome.CLAIMED
     r = store.load_reservation(res)  # deleted=1 revision is fine in state image
     assert (r.request_state, r.imagerevision_id) == ("image", rev)
-    new_name = "linux-CentOS7Base-%d-v1" % site.image_id
+    new_name = f"linux-CentOS7Base-{site.image_id}-v1"
     reload_req = store.finish_capture(r, new_name, 70000)
 
     ir = one(sf, "SELECT * FROM imagerevision WHERE id = :id", id=rev)
@@ -205,7 +209,11 @@ def test_finish_without_claim_conflicts_and_changes_nothing(
     req, res = _new(sf, site)
     store.claim_request(req, "new")
     r = store.load_reservation(res)
-    execute(sf, "UPDATE request SET stateid = (SELECT id FROM state WHERE name = 'deleted') WHERE id = :id", id=req)
+    execute(
+        sf,
+        "UPDATE request SET stateid = (SELECT id FROM state WHERE name = 'deleted') WHERE id = :id",
+        id=req,
+    )
     before = snapshot(sf)
     with pytest.raises(StateConflictError, match=rf"request {req} is deleted/new, expected pending/new"):
         store.finish_load(r)
@@ -216,9 +224,14 @@ def test_finish_without_claim_conflicts_and_changes_nothing(
     assert snapshot(sf) == before
 
 
-def test_capture_rename_collision_rolls_back(sf: sessionmaker[Session], store: VclStore, site: SeededSite) -> None:
+def test_capture_rename_collision_rolls_back(
+    sf: sessionmaker[Session], store: VclStore, site: SeededSite
+) -> None:
     req, res, _rev = create_capture_request(
-        sf, computer_id=site.computer_ids[0], image_id=site.image_id, management_node_id=site.management_node_id
+        sf,
+        computer_id=site.computer_ids[0],
+        image_id=site.image_id,
+        management_node_id=site.management_node_id,
     )
     store.claim_request(req, "image")
     r = store.load_reservation(res)
@@ -238,6 +251,6 @@ def test_update_lastcheckin(sf: sessionmaker[Session], store: VclStore, site: Se
 
 
 def test_loadlog_unknown_state(store: VclStore, site: SeededSite, sf: sessionmaker[Session]) -> None:
-    req, res = _new(sf, site)
+    _req, res = _new(sf, site)
     with pytest.raises(VclDataError, match="'nosuchstate'"):
         store.insert_loadlog(res, site.computer_ids[0], "nosuchstate")
