@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -11,7 +12,12 @@ from typing import Any
 
 from worker.config import get_settings, redact_url
 
-ACTIONS = {"load": "vcl.load", "reload": "vcl.reload", "capture": "vcl.capture", "maintenance": "vcl.maintenance"}
+ACTIONS = {
+    "load": "vcl.load",
+    "reload": "vcl.reload",
+    "capture": "vcl.capture",
+    "maintenance": "vcl.maintenance",
+}
 
 
 def _store() -> Any:
@@ -26,22 +32,24 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     mn = args.management_node or settings.management_node_id
-    logging.getLogger(__name__).info("dispatching for management node %s (db %s)", mn,
-                                     redact_url(settings.database_url))
+    logging.getLogger(__name__).info(
+        "dispatching for management node %s (db %s)", mn, redact_url(settings.database_url)
+    )
 
     def show(done: list[Any]) -> None:
         for d in done:
-            print(f"request {d.request_id} reservation {d.reservation_id} [{d.state}] {d.action}"
-                  f"{' ' + d.task_name + ' on ' + str(d.queue) if d.task_name else ''}"
-                  f"{' (' + d.reason + ')' if d.reason else ''}", flush=True)
+            print(
+                f"request {d.request_id} reservation {d.reservation_id} [{d.state}] {d.action}"
+                f"{' ' + d.task_name + ' on ' + str(d.queue) if d.task_name else ''}"
+                f"{' (' + d.reason + ')' if d.reason else ''}",
+                flush=True,
+            )
 
     if args.once:
         show(dispatch_once(_store(), app, mn))
         return 0
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         run_forever(_store(), app, mn, on_pass=show)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -51,15 +59,22 @@ def wait_with_progress(result: Any, timeout: float | None = None) -> tuple[str, 
 
     deadline = None if timeout is None else time.monotonic() + timeout
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-        TextColumn("{task.fields[stage]}"), TimeElapsedColumn(), transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[stage]}"),
+        TimeElapsedColumn(),
+        transient=False,
     ) as progress:
         bar = progress.add_task(result.id[:8], total=100.0, stage="queued")
         while True:
             state = result.state
             if state == "PROGRESS" and isinstance(result.info, dict):
-                progress.update(bar, completed=float(result.info.get("percent", 0.0)),
-                                stage=str(result.info.get("stage", "")))
+                progress.update(
+                    bar,
+                    completed=float(result.info.get("percent", 0.0)),
+                    stage=str(result.info.get("stage", "")),
+                )
             elif state == "STARTED":
                 progress.update(bar, stage="started")
             elif state in {"SUCCESS", "FAILURE", "REVOKED"}:
@@ -121,9 +136,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     argv = [
-        "worker", "--queues", vmhost_queue(args.vmhost), "--hostname", f"vcl@{args.vmhost}",
-        "--concurrency", str(args.concurrency or settings.worker_concurrency),
-        "--pool", "prefork", "--events", "--loglevel", args.loglevel,
+        "worker",
+        "--queues",
+        vmhost_queue(args.vmhost),
+        "--hostname",
+        f"vcl@{args.vmhost}",
+        "--concurrency",
+        str(args.concurrency or settings.worker_concurrency),
+        "--pool",
+        "prefork",
+        "--events",
+        "--loglevel",
+        args.loglevel,
     ]
     app.worker_main(argv)
     return 0
@@ -148,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dispatch", help="find due VCL requests, claim them and enqueue their tasks")
     p.add_argument("--once", action="store_true", help="one pass instead of looping")
-    p.add_argument("--management-node", type=int, default=None, help="managementnode.id (VCL_MANAGEMENT_NODE_ID)")
+    p.add_argument(
+        "--management-node", type=int, default=None, help="managementnode.id (VCL_MANAGEMENT_NODE_ID)"
+    )
     p.set_defaults(func=cmd_dispatch)
 
     p = sub.add_parser("enqueue", help="enqueue a task for a reservation (the scheduler's direct path)")
@@ -173,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the demo's files and network afterwards")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("reap", help="list (or remove with --apply) domains and overlays of no live reservation")
+    p = sub.add_parser(
+        "reap", help="list (or remove with --apply) domains and overlays of no live reservation"
+    )
     p.add_argument("--apply", action="store_true")
     p.set_defaults(func=cmd_reap)
     return parser

@@ -16,7 +16,6 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -97,8 +96,11 @@ def _remove_network(uri: str) -> None:
 def _make_master(path: Path) -> None:
     """A small qcow2 master with recognisable data (no OS: the VM idles in its firmware)."""
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 4M", str(path)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 4M", str(path)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     path.chmod(0o444)
 
 
@@ -157,9 +159,13 @@ def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
     sf = make_session_factory(engine)
     store = VclStore(sf)
     spec = SiteSpec(
-        datastore_path=str(datastore), vm_path=str(datastore), repository_path=None,
-        virtualswitch0=DEMO_NETWORK, virtualswitch1=DEMO_NETWORK,
-        vmhost_hostname="demohost.example.org", vm_hostnames=("demovm1.example.org",),
+        datastore_path=str(datastore),
+        vm_path=str(datastore),
+        repository_path=None,
+        virtualswitch0=DEMO_NETWORK,
+        virtualswitch1=DEMO_NETWORK,
+        vmhost_hostname="demohost.example.org",
+        vm_hostnames=("demovm1.example.org",),
     )
     site = seed_site(sf, spec)
     _make_master(datastore / f"{site.imagename}.qcow2")
@@ -177,8 +183,17 @@ def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
         done = dispatch_once(store, app, site.management_node_id)
         enqueued = [d for d in done if d.action == "enqueued"]
         if len(enqueued) != 1:
-            results.append(StepResult(step, "-", "NOT DISPATCHED", 0.0, "-", store.computer_state(computer_id),
-                                      "; ".join(f"{d.request_id}:{d.action} {d.reason}" for d in done)))
+            results.append(
+                StepResult(
+                    step,
+                    "-",
+                    "NOT DISPATCHED",
+                    0.0,
+                    "-",
+                    store.computer_state(computer_id),
+                    "; ".join(f"{d.request_id}:{d.action} {d.reason}" for d in done),
+                )
+            )
             return False
         d = enqueued[0]
         console.print(f"[bold]{step}[/]: request {d.request_id} ({d.state}) → {d.task_name} on {d.queue}")
@@ -187,25 +202,51 @@ def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
         detail = value.get("detail", "") if isinstance(value, dict) else str(value)
         if isinstance(value, dict) and value.get("domain"):
             detail = f"domain {value['domain']} {detail}".strip()
-        results.append(StepResult(step, str(d.task_name), state, time.monotonic() - t0,
-                                  "/".join(states) if states else "(removed)",
-                                  store.computer_state(computer_id), detail))
+        results.append(
+            StepResult(
+                step,
+                str(d.task_name),
+                state,
+                time.monotonic() - t0,
+                "/".join(states) if states else "(removed)",
+                store.computer_state(computer_id),
+                detail,
+            )
+        )
         return state == "SUCCESS"
 
-    with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False, loglevel="WARNING",
-                      shutdown_timeout=30, queues=[queue]):
+    with start_worker(
+        app,
+        pool="solo",
+        concurrency=1,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30,
+        queues=[queue],
+    ):
         ok = True
-        create_request(sf, computer_id=computer_id, image_id=site.image_id,
-                       imagerevision_id=site.imagerevision_id, management_node_id=site.management_node_id)
+        create_request(
+            sf,
+            computer_id=computer_id,
+            image_id=site.image_id,
+            imagerevision_id=site.imagerevision_id,
+            management_node_id=site.management_node_id,
+        )
         ok = run_step("load (new)")
         if ok:
-            create_capture_request(sf, computer_id=computer_id, image_id=site.image_id,
-                                   management_node_id=site.management_node_id)
+            create_capture_request(
+                sf,
+                computer_id=computer_id,
+                image_id=site.image_id,
+                management_node_id=site.management_node_id,
+            )
             ok = run_step("capture (image)")
         if ok:
             ok = run_step("reload (inserted by capture)")
         if ok:
-            create_tomaintenance_request(sf, computer_id=computer_id, management_node_id=site.management_node_id)
+            create_tomaintenance_request(
+                sf, computer_id=computer_id, management_node_id=site.management_node_id
+            )
             ok = run_step("maintenance (tomaintenance)")
 
     table = Table(title="vcl-worker demo summary")
@@ -213,8 +254,15 @@ def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
         table.add_column(col)
     for r in results:
         colour = "green" if r.state == "SUCCESS" else "red"
-        table.add_row(r.step, r.task, f"[{colour}]{r.state}[/]", f"{r.seconds:.1f}", r.request_state,
-                      r.computer_state, r.detail[:80])
+        table.add_row(
+            r.step,
+            r.task,
+            f"[{colour}]{r.state}[/]",
+            f"{r.seconds:.1f}",
+            r.request_state,
+            r.computer_state,
+            r.detail[:80],
+        )
     console.print(table)
     if ok and len(results) == 4:
         console.print("[bold green]demo cycle complete[/]")

@@ -50,15 +50,19 @@ class Stack:
 
 
 def qemu_img_info(path: str | Path) -> dict[str, Any]:
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", str(path)], check=True, capture_output=True, text=True
+    ).stdout
     return dict(json.loads(out))
 
 
 def make_master(path: Path, size: str = "64M", pattern: int = 0x5A) -> None:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern:#x} 0 2M", str(path)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern:#x} 0 2M", str(path)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     path.chmod(0o444)
 
 
@@ -122,22 +126,27 @@ def stack() -> Iterator[Stack]:
         lock_wait=240,
     )
     env = dict(os.environ)
-    env.update({
-        "VCL_DATABASE_URL": settings.database_url,
-        "CELERY_BROKER_URL": settings.broker_url,
-        "CELERY_RESULT_BACKEND": settings.result_backend,
-        "VCL_LOCK_REDIS_URL": settings.lock_redis_url,
-        "VCL_LOCK_DIR": settings.lock_dir,
-        "VCL_SHUTDOWN_TIMEOUT": "2",
-        "VCL_SHUTDOWN_RETRY_INTERVAL": "1",
-        "VCL_LOCK_WAIT": "240",
-    })
+    env.update(
+        {
+            "VCL_DATABASE_URL": settings.database_url,
+            "CELERY_BROKER_URL": settings.broker_url,
+            "CELERY_RESULT_BACKEND": settings.result_backend,
+            "VCL_LOCK_REDIS_URL": settings.lock_redis_url,
+            "VCL_LOCK_DIR": settings.lock_dir,
+            "VCL_SHUTDOWN_TIMEOUT": "2",
+            "VCL_SHUTDOWN_RETRY_INTERVAL": "1",
+            "VCL_LOCK_WAIT": "240",
+        }
+    )
     engine = make_engine(db_url)
     sf = make_session_factory(engine)
     store = VclStore(sf)
     spec = SiteSpec(
-        datastore_path=str(datastore), vm_path=str(datastore), repository_path=None,
-        virtualswitch0=network, virtualswitch1=network,
+        datastore_path=str(datastore),
+        vm_path=str(datastore),
+        repository_path=None,
+        virtualswitch0=network,
+        virtualswitch1=network,
         vmhost_hostname=f"{vmhost}.example.org",
         vm_hostnames=(f"e2evm{run_id}a.example.org", f"e2evm{run_id}b.example.org"),
     )
@@ -175,9 +184,27 @@ def start_celery_worker(stack: Stack, log_dir: Path, concurrency: int = 2) -> Wo
     name = f"e2e-{uuid.uuid4().hex[:6]}@{stack.vmhost}"
     log = log_dir / f"{name.replace('@', '_')}.log"
     proc = subprocess.Popen(
-        [str(VENV_BIN / "celery"), "-A", "worker.app", "worker", "-Q", stack.queue, "-n", name,
-         "--pool", "prefork", "-c", str(concurrency), "-E", "-l", "INFO"],
-        env=stack.env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2],
+        [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "worker.app",
+            "worker",
+            "-Q",
+            stack.queue,
+            "-n",
+            name,
+            "--pool",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "-E",
+            "-l",
+            "INFO",
+        ],
+        env=stack.env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).parents[2],
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

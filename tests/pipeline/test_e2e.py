@@ -4,6 +4,7 @@ MariaDB loaded from vcl.sql and seeded as the web front end does, libvirtd runni
 from __future__ import annotations
 
 import hashlib
+import itertools
 import subprocess
 import threading
 import time
@@ -56,8 +57,9 @@ def loadlog_names(stack: Stack, reservation_id: int) -> list[str]:
 
 
 def computer_short(stack: Stack, index: int) -> str:
-    return row(stack, "SELECT hostname FROM computer WHERE id = :id", id=stack.site.computer_ids[index])[0].split(
-        ".")[0]
+    return row(stack, "SELECT hostname FROM computer WHERE id = :id", id=stack.site.computer_ids[index])[
+        0
+    ].split(".")[0]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,10 @@ def flower(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Any:
     log = tmp_path_factory.mktemp("flower") / "flower.log"
     proc = subprocess.Popen(
         [str(VENV_BIN / "celery"), "-A", "worker.app", "flower", f"--port={port}", "--address=127.0.0.1"],
-        env=stack.env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        # Flower 2 serves its HTTP API only with auth configured or this explicit opt-in.
+        env={**stack.env, "FLOWER_UNAUTHENTICATED_API": "true"},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(60):
@@ -88,9 +93,13 @@ def test_full_cycle(stack: Stack, celery_worker_proc: WorkerProcess, flower: str
     master_sum = sha256(master)
 
     # 1. new → load: domain running on an overlay of the master, request reserved.
-    _req, res = create_request(stack.sf, computer_id=computer_id, image_id=site.image_id,
-                               imagerevision_id=site.imagerevision_id,
-                               management_node_id=site.management_node_id)
+    _req, res = create_request(
+        stack.sf,
+        computer_id=computer_id,
+        image_id=site.image_id,
+        imagerevision_id=site.imagerevision_id,
+        management_node_id=site.management_node_id,
+    )
     d, value = dispatch_and_wait(stack)
     assert d.task_name == "vcl.load"
     doms = domains_of(stack, short)
@@ -104,20 +113,24 @@ def test_full_cycle(stack: Stack, celery_worker_proc: WorkerProcess, flower: str
     assert sha256(master) == master_sum
     assert stack.store.request_states(d.request_id) == ("reserved", "new")
     names = loadlog_names(stack, res)
-    stages = [n for n in names if n in {"startload", "transfervm", "vmsetupconfig", "startvm",
-                                        "loadimagecomplete"}]
+    stages = [
+        n for n in names if n in {"startload", "transfervm", "vmsetupconfig", "startvm", "loadimagecomplete"}
+    ]
     assert stages == ["startload", "transfervm", "vmsetupconfig", "startvm", "loadimagecomplete"]
-    assert row(stack, "SELECT imagerevisionid FROM computer WHERE id=:id", id=computer_id)[0] == \
-        site.imagerevision_id
+    assert (
+        row(stack, "SELECT imagerevisionid FROM computer WHERE id=:id", id=computer_id)[0]
+        == site.imagerevision_id
+    )
 
     # 2. image → capture: write data into the COW (VM off), capture it, new master holds the data.
     dom = doms[0]
     dom.destroy()
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 8M 1M", str(cow)], check=True,
-                   capture_output=True)
-    cap_req, _cap_res, new_rev = create_capture_request(stack.sf, computer_id=computer_id,
-                                                        image_id=site.image_id,
-                                                        management_node_id=site.management_node_id)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 8M 1M", str(cow)], check=True, capture_output=True
+    )
+    cap_req, _cap_res, new_rev = create_capture_request(
+        stack.sf, computer_id=computer_id, image_id=site.image_id, management_node_id=site.management_node_id
+    )
     d, value = dispatch_and_wait(stack)
     assert d.task_name == "vcl.capture"
     new_master = Path(value["disks"]["master"])
@@ -125,8 +138,11 @@ def test_full_cycle(stack: Stack, celery_worker_proc: WorkerProcess, flower: str
     new_info = qemu_img_info(new_master)
     assert "backing-filename" not in new_info
     for offset, pattern in (("8M", "0xab"), ("0", "0x5a")):
-        check = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", f"read -P {pattern} {offset} 1M",
-                                str(new_master)], capture_output=True, text=True)
+        check = subprocess.run(
+            ["qemu-io", "-r", "-f", "qcow2", "-c", f"read -P {pattern} {offset} 1M", str(new_master)],
+            capture_output=True,
+            text=True,
+        )
         assert "Pattern verification failed" not in check.stdout, check.stdout
     assert sha256(master) == master_sum
     assert domains_of(stack, short) == []
@@ -137,8 +153,12 @@ def test_full_cycle(stack: Stack, celery_worker_proc: WorkerProcess, flower: str
     img = row(stack, "SELECT deleted, size FROM image WHERE id=:id", id=site.image_id)
     assert img[0] == 0
     assert stack.store.computer_state(computer_id) == "reload"
-    reload_req = row(stack, "SELECT r.id, s.name FROM request r JOIN state s ON s.id=r.stateid "
-                     "JOIN reservation v ON v.requestid=r.id WHERE v.imagerevisionid=:rev", rev=new_rev)
+    reload_req = row(
+        stack,
+        "SELECT r.id, s.name FROM request r JOIN state s ON s.id=r.stateid "
+        "JOIN reservation v ON v.requestid=r.id WHERE v.imagerevisionid=:rev AND s.name='reload'",
+        rev=new_rev,
+    )
     assert reload_req[1] == "reload"
 
     # 3. reload → computer available, running on the new master.
@@ -150,12 +170,17 @@ def test_full_cycle(stack: Stack, celery_worker_proc: WorkerProcess, flower: str
     assert Path(qemu_img_info(value["disks"]["cow"])["full-backing-filename"]) == new_master
 
     # 4. tomaintenance → no domain, computer maintenance, vmhostid NULL.
-    create_tomaintenance_request(stack.sf, computer_id=computer_id, management_node_id=site.management_node_id)
+    create_tomaintenance_request(
+        stack.sf, computer_id=computer_id, management_node_id=site.management_node_id
+    )
     d, value = dispatch_and_wait(stack)
     assert d.task_name == "vcl.maintenance"
     assert domains_of(stack, short) == []
-    comp = row(stack, "SELECT s.name, c.vmhostid FROM computer c JOIN state s ON s.id=c.stateid WHERE c.id=:id",
-               id=computer_id)
+    comp = row(
+        stack,
+        "SELECT s.name, c.vmhostid FROM computer c JOIN state s ON s.id=c.stateid WHERE c.id=:id",
+        id=computer_id,
+    )
     assert comp[0] == "maintenance" and comp[1] is None
     assert list(stack.datastore.glob(f"{short}_*")) == []
 
@@ -167,19 +192,42 @@ def test_full_cycle(stack: Stack, celery_worker_proc: WorkerProcess, flower: str
 
 
 def test_celery_cli_inspect_and_call(stack: Stack, celery_worker_proc: WorkerProcess) -> None:
-    out = subprocess.run([str(VENV_BIN / "celery"), "-A", "worker.app", "inspect", "registered", "-d",
-                          celery_worker_proc.name, "--json"], env=stack.env, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "worker.app",
+            "inspect",
+            "registered",
+            "-d",
+            celery_worker_proc.name,
+            "--json",
+        ],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     for name in ("vcl.load", "vcl.reload", "vcl.capture", "vcl.maintenance"):
         assert name in out.stdout
     site = stack.site
     computer_id = site.computer_ids[1]
-    req, res = create_request(stack.sf, computer_id=computer_id, image_id=site.image_id,
-                              imagerevision_id=site.imagerevision_id, management_node_id=site.management_node_id)
+    req, res = create_request(
+        stack.sf,
+        computer_id=computer_id,
+        image_id=site.image_id,
+        imagerevision_id=site.imagerevision_id,
+        management_node_id=site.management_node_id,
+    )
     # No --queue: the router finds the reservation's VM host queue in the VCL database.
-    call = subprocess.run([str(VENV_BIN / "celery"), "-A", "worker.app", "call", "vcl.load", "--args", f"[{res}]"],
-                          env=stack.env, capture_output=True, text=True, timeout=60)
+    call = subprocess.run(
+        [str(VENV_BIN / "celery"), "-A", "worker.app", "call", "vcl.load", "--args", f"[{res}]"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert call.returncode == 0, call.stderr
     task_id = call.stdout.strip().splitlines()[-1]
     value = app.AsyncResult(task_id).get(timeout=300)
@@ -187,12 +235,19 @@ def test_celery_cli_inspect_and_call(stack: Stack, celery_worker_proc: WorkerPro
     assert stack.store.request_states(req) == ("reserved", "new")
 
 
-def test_duplicate_delivery_converges_and_never_overlaps(stack: Stack, celery_worker_proc: WorkerProcess) -> None:
+def test_duplicate_delivery_converges_and_never_overlaps(
+    stack: Stack, celery_worker_proc: WorkerProcess
+) -> None:
     site = stack.site
     computer_id = site.computer_ids[1]
     short = computer_short(stack, 1)
-    req, res = create_request(stack.sf, computer_id=computer_id, image_id=site.image_id,
-                              imagerevision_id=site.imagerevision_id, management_node_id=site.management_node_id)
+    req, res = create_request(
+        stack.sf,
+        computer_id=computer_id,
+        image_id=site.image_id,
+        imagerevision_id=site.imagerevision_id,
+        management_node_id=site.management_node_id,
+    )
     # The same task delivered twice at once (two workers children, concurrency 2).
     first = app.send_task("vcl.load", args=[res], queue=stack.queue)
     second = app.send_task("vcl.load", args=[res], queue=stack.queue)
@@ -204,9 +259,12 @@ def test_duplicate_delivery_converges_and_never_overlaps(stack: Stack, celery_wo
     ran = [r for r in results if r.get("status") != "skipped"]
     assert ran, results
     # Exclusive sections of tasks that reached the lock never overlap.
-    spans = sorted((r["timings"]["locked_at"], r["timings"]["unlocked_at"]) for r in results
-                   if "locked_at" in r.get("timings", {}))
-    for (_a0, a1), (b0, _b1) in zip(spans, spans[1:], strict=False):
+    spans = sorted(
+        (r["timings"]["locked_at"], r["timings"]["unlocked_at"])
+        for r in results
+        if "locked_at" in r.get("timings", {})
+    )
+    for (_a0, a1), (b0, _b1) in itertools.pairwise(spans):
         assert a1 <= b0, spans
 
 
@@ -214,12 +272,24 @@ def test_two_tasks_for_one_computer_are_serialised(stack: Stack, celery_worker_p
     """Two different requests for one computer (a reload right behind a load) run one after the other."""
     site = stack.site
     computer_id = site.computer_ids[1]
-    _r1, res1 = create_request(stack.sf, computer_id=computer_id, image_id=site.image_id,
-                               imagerevision_id=site.imagerevision_id, management_node_id=site.management_node_id,
-                               state="reload", laststate="reload")
-    _r2, res2 = create_request(stack.sf, computer_id=computer_id, image_id=site.image_id,
-                               imagerevision_id=site.imagerevision_id, management_node_id=site.management_node_id,
-                               state="reload", laststate="reload")
+    _r1, res1 = create_request(
+        stack.sf,
+        computer_id=computer_id,
+        image_id=site.image_id,
+        imagerevision_id=site.imagerevision_id,
+        management_node_id=site.management_node_id,
+        state="reload",
+        laststate="reload",
+    )
+    _r2, res2 = create_request(
+        stack.sf,
+        computer_id=computer_id,
+        image_id=site.image_id,
+        imagerevision_id=site.imagerevision_id,
+        management_node_id=site.management_node_id,
+        state="reload",
+        laststate="reload",
+    )
     results: list[dict[str, Any]] = []
 
     def go(res: int) -> None:

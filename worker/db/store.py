@@ -728,6 +728,103 @@ class VclStore:
                 .execution_options(synchronize_session=False)
             )
 
+    # ------------------------------------------------------------------ pipeline helpers
+
+    def reservation_request(self, reservation_id: int) -> tuple[int, str, str] | None:
+        """(request id, state name, laststate name) of a reservation's request, or ``None``."""
+        st = aliased(m.State)
+        lst = aliased(m.State)
+        with self._sf.begin() as s:
+            row = s.execute(
+                select(m.Request.id, st.name, lst.name)
+                .select_from(m.Reservation)
+                .join(m.Request, m.Request.id == m.Reservation.requestid)
+                .join(st, st.id == m.Request.stateid)
+                .join(lst, lst.id == m.Request.laststateid)
+                .where(m.Reservation.id == reservation_id)
+            ).one_or_none()
+        return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
+
+    def vmhost_short_name(self, reservation_id: int) -> str | None:
+        """Short hostname of the VM host serving the reservation's computer (task routing)."""
+        host = aliased(m.Computer)
+        with self._sf.begin() as s:
+            hostname = s.execute(
+                select(host.hostname)
+                .select_from(m.Reservation)
+                .join(m.Computer, m.Computer.id == m.Reservation.computerid)
+                .join(m.VMHost, m.VMHost.id == m.Computer.vmhostid)
+                .join(host, host.id == m.VMHost.computerid)
+                .where(m.Reservation.id == reservation_id)
+            ).scalar_one_or_none()
+        return None if hostname is None else short_name(hostname)
+
+    def checkin_interval(self, management_node_id: int) -> int:
+        """``managementnode.checkininterval`` in seconds (vcld's default 12 when missing)."""
+        with self._sf.begin() as s:
+            interval = s.execute(
+                select(m.ManagementNode.checkininterval).where(m.ManagementNode.id == management_node_id)
+            ).scalar_one_or_none()
+        return int(interval) if interval else 12
+
+    def unclaim_request(self, request_id: int, from_state: str) -> bool:
+        """Undo :meth:`claim_request` (the task could not be enqueued): ``pending/<from>`` → ``<from>``."""
+        with self._sf.begin() as s:
+            pending = self._state_id(s, "pending")
+            from_id = self._state_id(s, from_state)
+            res = _dml(
+                s,
+                update(m.Request)
+                .where(
+                    m.Request.id == request_id, m.Request.stateid == pending, m.Request.laststateid == from_id
+                )
+                .values(stateid=from_id)
+                .execution_options(synchronize_session=False),
+            )
+            return res.rowcount == 1
+
+    def fail_request(self, request_id: int, reservation_id: int, message: str) -> None:
+        """``reservation_failed`` when the reservation's data cannot even be loaded.
+
+        The request goes ``failed/<claimed state>`` (only from ``pending``, guarded) and a ``failed``
+        computerloadlog row records the message; the computer, if the row exists, goes ``failed``
+        unless it is in maintenance. Image requests go to ``maintenance`` as image.pm does.
+        """
+        with self._sf.begin() as s:
+            pending = self._state_id(s, "pending")
+            cur = s.execute(
+                select(m.Request.stateid, m.Request.laststateid).where(m.Request.id == request_id)
+            ).one_or_none()
+            if cur is None or cur.stateid != pending:
+                return
+            from_state = self._state_name(s, cur.laststateid)
+            target = "maintenance" if from_state in ("image", "checkpoint") else "failed"
+            res = _dml(
+                s,
+                update(m.Request)
+                .where(m.Request.id == request_id, m.Request.stateid == pending)
+                .values(stateid=self._state_id(s, target))
+                .execution_options(synchronize_session=False),
+            )
+            if res.rowcount != 1:
+                return
+            computer_id = s.execute(
+                select(m.Reservation.computerid).where(m.Reservation.id == reservation_id)
+            ).scalar_one_or_none()
+            if computer_id is None:
+                return
+            comp = s.execute(
+                select(m.Computer.id, m.Computer.stateid).where(m.Computer.id == computer_id)
+            ).one_or_none()
+            if comp is None:
+                return
+            now = db_now(s)
+            self._insert_loadlog(s, reservation_id, computer_id, "failed", message[:4000], now)
+            if comp.stateid != self._state_id(s, "maintenance"):
+                self._set_computer_state(
+                    s, computer_id, "maintenance" if target == "maintenance" else "failed"
+                )
+
 
 # ---------------------------------------------------------------------- query builders
 

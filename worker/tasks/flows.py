@@ -100,9 +100,7 @@ def _claim(store: VclStore, reservation_id: int, from_state: str) -> tuple[int, 
     request_id, state, laststate = found
     outcome = store.claim_request(request_id, from_state)
     if outcome is ClaimOutcome.LOST:
-        raise AlreadyHandled(
-            f"request {request_id} is {state}/{laststate}, not {from_state}: nothing to do"
-        )
+        raise AlreadyHandled(f"request {request_id} is {state}/{laststate}, not {from_state}: nothing to do")
     return request_id, outcome
 
 
@@ -263,8 +261,9 @@ def run_capture(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
             store.fail_capture(r, f"unexpected {type(exc).__name__}: {exc}")
             raise
         reload_request_id = store.finish_capture(r, new_name, size_mb)
-    summary.detail = (summary.detail + f" new image {new_name} ({size_mb} MB); reload request "
-                      f"{reload_request_id}").strip()
+    summary.detail = (
+        summary.detail + f" new image {new_name} ({size_mb} MB); reload request {reload_request_id}"
+    ).strip()
     states = store.request_states(request_id)
     summary.request_state = states[0] if states else None
     summary.timings["total"] = clock.total()

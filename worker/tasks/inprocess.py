@@ -62,6 +62,7 @@ class InProcessKV:
         with self.cond:
             self._data.pop(key, None)
 
-    def lock(self, name: str, timeout: float | None = None, blocking_timeout: float | None = None,
-             **_: Any) -> _Lock:
+    def lock(
+        self, name: str, timeout: float | None = None, blocking_timeout: float | None = None, **_: Any
+    ) -> _Lock:
         return _Lock(self, name, timeout, blocking_timeout)

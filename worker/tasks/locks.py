@@ -8,7 +8,7 @@ is still running always holds its lock, while a crashed worker's lock expires on
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from redis.exceptions import LockError
@@ -25,12 +25,13 @@ def computer_lock_name(computer_id: int) -> str:
 
 
 @contextmanager
-def computer_lock(
-    client: Any, computer_id: int, *, ttl: int, wait: float
-) -> Iterator[None]:
+def computer_lock(client: Any, computer_id: int, *, ttl: int, wait: float) -> Iterator[None]:
     """Hold computer ``computer_id`` exclusively; raise :class:`ComputerBusyError` after ``wait`` s."""
     lock = client.lock(
-        computer_lock_name(computer_id), timeout=ttl, blocking=True, blocking_timeout=wait,
+        computer_lock_name(computer_id),
+        timeout=ttl,
+        blocking=True,
+        blocking_timeout=wait,
         thread_local=False,
     )
     if not lock.acquire():
@@ -38,8 +39,6 @@ def computer_lock(
     try:
         yield
     finally:
-        try:
+        # LockError: expired and possibly taken over; not ours any more, nothing to release.
+        with suppress(LockError):
             lock.release()
-        except LockError:
-            # Expired and possibly taken over: not ours any more, nothing to release.
-            pass

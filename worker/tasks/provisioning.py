@@ -100,8 +100,11 @@ def _run(task: Task, flow: Callable[..., dict[str, Any]], reservation_id: int, *
 
 
 @app.task(
-    bind=True, base=VclTask, name="vcl.load",
-    soft_time_limit=runtime.settings().load_soft_time_limit, time_limit=runtime.settings().load_time_limit,
+    bind=True,
+    base=VclTask,
+    name="vcl.load",
+    soft_time_limit=runtime.settings().load_soft_time_limit,
+    time_limit=runtime.settings().load_time_limit,
 )
 def load(self: Task, reservation_id: int) -> dict[str, Any]:
     """Load the reservation's image on its computer (request ``new`` → ``reserved``)."""
@@ -109,8 +112,11 @@ def load(self: Task, reservation_id: int) -> dict[str, Any]:
 
 
 @app.task(
-    bind=True, base=VclTask, name="vcl.reload",
-    soft_time_limit=runtime.settings().load_soft_time_limit, time_limit=runtime.settings().load_time_limit,
+    bind=True,
+    base=VclTask,
+    name="vcl.reload",
+    soft_time_limit=runtime.settings().load_soft_time_limit,
+    time_limit=runtime.settings().load_time_limit,
 )
 def reload(self: Task, reservation_id: int) -> dict[str, Any]:
     """Reload a computer (request ``reload`` → ``complete``, computer ``available``)."""
@@ -118,7 +124,9 @@ def reload(self: Task, reservation_id: int) -> dict[str, Any]:
 
 
 @app.task(
-    bind=True, base=VclTask, name="vcl.capture",
+    bind=True,
+    base=VclTask,
+    name="vcl.capture",
     soft_time_limit=runtime.settings().capture_soft_time_limit,
     time_limit=runtime.settings().capture_time_limit,
 )
@@ -128,8 +136,11 @@ def capture(self: Task, reservation_id: int) -> dict[str, Any]:
 
 
 @app.task(
-    bind=True, base=VclTask, name="vcl.maintenance",
-    soft_time_limit=runtime.settings().load_soft_time_limit, time_limit=runtime.settings().load_time_limit,
+    bind=True,
+    base=VclTask,
+    name="vcl.maintenance",
+    soft_time_limit=runtime.settings().load_soft_time_limit,
+    time_limit=runtime.settings().load_time_limit,
 )
 def maintenance(self: Task, reservation_id: int) -> dict[str, Any]:
     """Take a computer out of service (request ``tomaintenance``): remove its domains."""

@@ -7,6 +7,7 @@ database pool or socket from its parent (see ``reset_after_fork``).
 from __future__ import annotations
 
 import threading
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,10 +85,9 @@ def vmhost_for_reservation(reservation_id: int) -> str | None:
 
 def remember_task(reservation_id: int, task_id: str) -> None:
     """Record the newest task of a reservation so ``vcl-worker status`` can find it."""
-    try:
+    # Bookkeeping only: never fail a task or a dispatch for it.
+    with suppress(redis.RedisError):
         lock_redis().set(_TASK_KEY.format(reservation_id), task_id, ex=_TASK_KEY_TTL)
-    except redis.RedisError:
-        pass  # bookkeeping only; never fail a task or a dispatch for it
 
 
 def task_for_reservation(reservation_id: int) -> str | None:
