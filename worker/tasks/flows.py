@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from worker.db.errors import VclDataError
+from worker.failpoints import failpoint
 from worker.db.store import ClaimOutcome, VclStore
 from worker.hypervisors import LibvirtProvisioner, NodeStatus, ProgressEvent
 from worker.hypervisors.errors import ImageExistsError, PermanentError, TransientError
@@ -46,6 +47,11 @@ class TaskHooks(Protocol):
     def progress(self, stage: str, percent: float, message: str = "") -> None: ...
 
     def may_retry(self) -> bool: ...
+
+    @property
+    def owner(self) -> str | None:
+        """Identity of this unit of work (the Celery task id), kept across redeliveries."""
+        ...
 
 
 class ReservationFailed(Exception):
@@ -153,12 +159,16 @@ def _retry_or_fail(hooks: TaskHooks, exc: TransientError, fail: Callable[[str], 
 
 
 @contextmanager
-def _locked(computer_id: int, summary: Summary) -> Iterator[None]:
+def _locked(computer_id: int, summary: Summary, owner: str | None) -> Iterator[None]:
     """The per-computer lock, recording how long the task waited for it."""
     settings = runtime.settings()
     t0 = time.monotonic()
     with computer_lock(
-        runtime.lock_redis(), computer_id, ttl=settings.computer_lock_ttl, wait=settings.lock_wait
+        runtime.lock_redis(),
+        computer_id,
+        ttl=settings.computer_lock_ttl,
+        wait=settings.lock_wait,
+        owner=owner,
     ):
         summary.timings["lock_wait"] = round(time.monotonic() - t0, 3)
         # Wall-clock bounds of the exclusive section: lets operators (and tests) check that two
@@ -177,14 +187,16 @@ def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dic
     summary = Summary(action=action, reservation_id=reservation_id)
     clock = _Stopwatch()
     request_id, outcome = _claim(store, reservation_id, from_state)
+    failpoint(f"{action}.claimed")
     summary.request_id = request_id
     hooks.progress("claimed", 1.0, outcome.value)
     r = _load_reservation(store, reservation_id, request_id, action)
     summary.computer, summary.vmhost = r.computer_short_name, r.vmhost_short_name
-    with _locked(r.computer_id, summary):
+    with _locked(r.computer_id, summary, hooks.owner):
         _still_ours(store, request_id, from_state)
         provisioner = LibvirtProvisioner(r, settings)
         store.start_load(r)
+        failpoint(f"{action}.started")
         try:
             provisioner.initialize()
             # vcld skips the load of a computer already running this revision (node_status READY);
@@ -211,7 +223,9 @@ def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dic
             # A soft time limit or a bug: the reservation still fails the way vcld fails it.
             store.fail_load(r, f"unexpected {type(exc).__name__}: {exc}")
             raise
+        failpoint(f"{action}.before_finish")
         store.finish_load(r)
+        failpoint(f"{action}.finished")
     states = store.request_states(request_id)
     summary.request_state = states[0] if states else None
     summary.timings["total"] = clock.total()
@@ -229,7 +243,7 @@ def run_capture(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
     hooks.progress("claimed", 1.0, outcome.value)
     r = _load_reservation(store, reservation_id, request_id, "capture")
     summary.computer, summary.vmhost = r.computer_short_name, r.vmhost_short_name
-    with _locked(r.computer_id, summary):
+    with _locked(r.computer_id, summary, hooks.owner):
         _still_ours(store, request_id, "image")
         provisioner = LibvirtProvisioner(r, settings)
         try:
@@ -281,7 +295,7 @@ def run_maintenance(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
     hooks.progress("claimed", 1.0, outcome.value)
     r = _load_reservation(store, reservation_id, request_id, "maintenance")
     summary.computer, summary.vmhost = r.computer_short_name, r.vmhost_short_name
-    with _locked(r.computer_id, summary):
+    with _locked(r.computer_id, summary, hooks.owner):
         _still_ours(store, request_id, "tomaintenance")
         provisioner = LibvirtProvisioner(r, settings)
         try:

@@ -10,20 +10,28 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 
 class _Lock:
     def __init__(self, kv: InProcessKV, name: str, timeout: float | None, blocking_timeout: float | None):
         self._kv, self._name, self._timeout, self._wait = kv, name, timeout, blocking_timeout
-        self._token = uuid.uuid4().hex
+        self.local = SimpleNamespace(token=uuid.uuid4().hex.encode())
 
-    def acquire(self) -> bool:
+    def reacquire(self) -> None:
+        with self._kv.cond:
+            if self._kv.get(self._name) == self.local.token:
+                self._kv.set(self._name, self.local.token, ex=self._timeout)
+
+    def acquire(self, token: str | bytes | None = None) -> bool:
+        if token is not None:
+            self.local.token = token.encode() if isinstance(token, str) else token
         deadline = None if self._wait is None else time.monotonic() + self._wait
         while True:
             with self._kv.cond:
                 if self._kv.get(self._name) is None:
-                    self._kv.set(self._name, self._token, ex=self._timeout)
+                    self._kv.set(self._name, self.local.token, ex=self._timeout)
                     return True
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -32,7 +40,7 @@ class _Lock:
 
     def release(self) -> None:
         with self._kv.cond:
-            if self._kv.get(self._name) == self._token.encode():
+            if self._kv.get(self._name) == self.local.token:
                 self._kv.delete(self._name)
             self._kv.cond.notify_all()
 

@@ -72,6 +72,10 @@ class _Hooks:
             },
         )
 
+    @property
+    def owner(self) -> str | None:
+        return str(self.task.request.id) if self.task.request.id else None
+
     def may_retry(self) -> bool:
         return int(self.task.request.retries) < int(self.task.max_retries)
 
