@@ -8,6 +8,7 @@ qemu-img, and ``qemu:///system`` when it answers (else ``test:///default``, said
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -40,6 +41,11 @@ class StepResult:
 
 def _libvirt_uri(console: Console) -> str:
     import libvirt
+
+    forced = os.environ.get("VCL_DEMO_LIBVIRT_URI")
+    if forced:
+        console.print(f"[bold yellow]VCL_DEMO_LIBVIRT_URI={forced}[/]")
+        return forced
 
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     try:
@@ -105,7 +111,10 @@ def _make_master(path: Path) -> None:
 
 
 def run_demo(keep: bool = False) -> int:
-    console = Console()
+    # A pipe or CI log gets a wide table instead of rich's 80-column fallback.
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    # memory:// has no host name; kombu says so on every connection.
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)
     console.rule("[bold]vcl-worker demo: dispatch → load → capture → reload → maintenance")
     uri = _libvirt_uri(console)
     workdir = Path(tempfile.mkdtemp(prefix="vcl-demo-", dir=DEMO_DATASTORE_ROOT))
@@ -158,12 +167,14 @@ def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
     create_demo_schema(engine)
     sf = make_session_factory(engine)
     store = VclStore(sf)
+    # libvirt's test driver has one network, "default"; on a real host the demo makes its own.
+    switch = DEMO_NETWORK if settings.libvirt_uri.startswith("qemu") else "default"
     spec = SiteSpec(
         datastore_path=str(datastore),
         vm_path=str(datastore),
         repository_path=None,
-        virtualswitch0=DEMO_NETWORK,
-        virtualswitch1=DEMO_NETWORK,
+        virtualswitch0=switch,
+        virtualswitch1=switch,
         vmhost_hostname="demohost.example.org",
         vm_hostnames=("demovm1.example.org",),
     )
@@ -251,7 +262,7 @@ def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
 
     table = Table(title="vcl-worker demo summary")
     for col in ("step", "task", "result", "seconds", "request", "computer", "detail"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in results:
         colour = "green" if r.state == "SUCCESS" else "red"
         table.add_row(

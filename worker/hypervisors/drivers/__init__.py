@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from worker.hypervisors.drivers.base import Driver, registered_drivers, select_driver
 from worker.hypervisors.drivers.kvm import KVMDriver
+from worker.hypervisors.drivers.simulated import SimulatedDriver
 
-__all__ = ["Driver", "KVMDriver", "registered_drivers", "select_driver"]
+__all__ = ["Driver", "KVMDriver", "SimulatedDriver", "registered_drivers", "select_driver"]

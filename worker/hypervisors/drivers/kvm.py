@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from worker.hypervisors.provisioner import LibvirtProvisioner
 
 log = logging.getLogger(__name__)
+_warned = {"virt-win-reg": False}
 MASTER_MODE = 0o444
 
 
@@ -57,7 +58,9 @@ class KVMDriver:
             log.warning("KVM driver: qemu-img is not installed")
             return False
         self.has_virt_win_reg = shutil.which("virt-win-reg") is not None
-        if not self.has_virt_win_reg:
+        if not self.has_virt_win_reg and not _warned["virt-win-reg"]:
+            # Once per process: every provisioner probes the driver, the fact does not change.
+            _warned["virt-win-reg"] = True
             log.warning(
                 "KVM driver: virt-win-reg not installed; Windows images copied from the repository "
                 "will not get their VMware services disabled"
