@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from worker.db.errors import VclDataError
-from worker.failpoints import failpoint
 from worker.db.store import ClaimOutcome, VclStore
+from worker.failpoints import failpoint
 from worker.hypervisors import LibvirtProvisioner, NodeStatus, ProgressEvent
 from worker.hypervisors.errors import ImageExistsError, PermanentError, TransientError
 from worker.hypervisors.reservation import Reservation
