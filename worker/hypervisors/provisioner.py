@@ -19,6 +19,7 @@ from enum import Enum
 from typing import Any
 
 from worker.config import Settings, get_settings
+from worker.failpoints import failpoint
 from worker.hypervisors import domain_xml, naming, qemuimg
 from worker.hypervisors.drivers.base import Driver, select_driver
 from worker.hypervisors.drivers.kvm import MASTER_MODE
@@ -532,6 +533,7 @@ class LibvirtProvisioner:
             domain = self.get_domain_name()
             self.emit("startload", f"{self.reservation.computer_short_name} {self.get_image_name()}")
             t = time.monotonic()
+            failpoint("core.before_delete_existing")
             self.delete_existing_domains()
             t = mark("delete_existing_domains", t)
             xml = self.generate_domain_xml()
@@ -540,14 +542,18 @@ class LibvirtProvisioner:
             cow = self.get_copy_on_write_file_path()
             created_cow = False
             try:
+                failpoint("core.before_pre_define")
                 driver.pre_define(self)
                 created_cow = True
                 t = mark("pre_define", t)
                 self.emit("transfervm", "performed libvirt driver tasks before defining domain")
+                failpoint("core.before_define")
                 guest = self.define_domain(xml, autostart=True)
+                failpoint("core.after_define")
                 t = mark("define", t)
                 self.emit("vmsetupconfig", f"defined domain {domain}")
                 guest.start()
+                failpoint("core.after_start")
                 t = mark("power_on", t)
             except BaseException:
                 # remove only what this attempt created (the COW, the definition); never the master

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from worker.config import Settings
 from worker.db.errors import VclDataError
 from worker.db.store import ClaimOutcome, VclStore
 from worker.failpoints import failpoint
@@ -125,6 +126,16 @@ def _load_reservation(store: VclStore, reservation_id: int, request_id: int, act
         raise ReservationFailed(str(exc)) from exc
 
 
+def _make_provisioner(store: VclStore, r: Reservation, settings: Settings, action: str) -> LibvirtProvisioner:
+    """The core validates names, paths and MACs on construction: bad data fails the request
+    (vcld's initialize → reservation_failed) instead of leaving it pending forever."""
+    try:
+        return LibvirtProvisioner(r, settings)
+    except PermanentError as exc:
+        store.fail_request(r.request_id, r.reservation_id, f"{action}: {type(exc).__name__}: {exc}")
+        raise ReservationFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
 def _progress_adapter(
     hooks: TaskHooks, store: VclStore, r: Reservation, span: tuple[float, float], record: bool
 ) -> Callable[[ProgressEvent], None]:
@@ -194,7 +205,7 @@ def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dic
     summary.computer, summary.vmhost = r.computer_short_name, r.vmhost_short_name
     with _locked(r.computer_id, summary, hooks.owner):
         _still_ours(store, request_id, from_state)
-        provisioner = LibvirtProvisioner(r, settings)
+        provisioner = _make_provisioner(store, r, settings, action)
         store.start_load(r)
         failpoint(f"{action}.started")
         try:
@@ -245,7 +256,7 @@ def run_capture(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
     summary.computer, summary.vmhost = r.computer_short_name, r.vmhost_short_name
     with _locked(r.computer_id, summary, hooks.owner):
         _still_ours(store, request_id, "image")
-        provisioner = LibvirtProvisioner(r, settings)
+        provisioner = _make_provisioner(store, r, settings, "capture")
         try:
             provisioner.initialize()
             new_name = provisioner.get_new_image_name()
@@ -297,7 +308,7 @@ def run_maintenance(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
     summary.computer, summary.vmhost = r.computer_short_name, r.vmhost_short_name
     with _locked(r.computer_id, summary, hooks.owner):
         _still_ours(store, request_id, "tomaintenance")
-        provisioner = LibvirtProvisioner(r, settings)
+        provisioner = _make_provisioner(store, r, settings, "maintenance")
         try:
             provisioner.initialize()
             with clock.phase("unload"):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import filelock
 
+from worker.failpoints import failpoint
 from worker.hypervisors import qemuimg
 from worker.hypervisors.drivers.base import register_driver
 from worker.hypervisors.errors import (
@@ -219,13 +220,23 @@ class KVMDriver:
                 raise ImageNotFoundError(
                     f"master image {master} for {image_name!r} does not exist in the datastore and {where}"
                 )
+            for src in repo_files:
+                # qemu-img convert flattens a backing chain: a repository file whose backing file or
+                # data-file points elsewhere would copy that file's bytes into the new master.
+                self.validate_master(src, None, settings.qemu_img_info_timeout)
             os.makedirs(os.path.dirname(master), mode=0o755, exist_ok=True)
             prov.emit("copy", f"copying {image_name} from the repository", 0.0)
+
+            def on_copy(pct: float) -> None:
+                if pct >= 30.0:
+                    failpoint("core.master_copy")
+                prov.emit("copy", f"copying {image_name}", pct)
+
             self.copy_virtual_disk(
                 repo_files,
                 master,
                 dstype,
-                progress=lambda pct: prov.emit("copy", f"copying {image_name}", pct),
+                progress=on_copy,
                 timeout=settings.qemu_img_convert_timeout,
                 mode=MASTER_MODE,
             )
@@ -246,6 +257,7 @@ class KVMDriver:
             os.unlink(cow)
         if re.match(r"^qcow2?$", dstype):
             qemuimg.create_overlay(master, cow, backing_format=inf.format, fmt=dstype, timeout=timeout)
+            failpoint("core.after_cow")
         else:
             self.copy_virtual_disk(master, cow, dstype, timeout=prov.settings.qemu_img_convert_timeout)
         prov.master_path = master
