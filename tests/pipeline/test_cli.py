@@ -127,6 +127,11 @@ def test_enqueue_failure_exits_nonzero(stack: Stack, celery_worker_proc: WorkerP
     out = vcl_worker(stack, "enqueue", "load", str(res), "--wait", "--timeout", "120")
     assert out.returncode == 1
     assert "ImageNotFoundError" in out.stderr
+    # A permanent error is never retried.
+    task_id = out.stdout.split("task ", 1)[1].split()[0]
+    failed = app.AsyncResult(task_id)
+    assert failed.state == "FAILURE"
+    assert failed.retries == 0
     assert stack.store.request_states(req) == ("failed", "new")
     names = [e.loadstatename for e in stack.store.loadlog(res)]
     assert "loadimagefailed" in names and "failed" in names
