@@ -162,7 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_reap(args: argparse.Namespace) -> int:
     from worker.reaper import run_reap
 
-    return run_reap(apply=args.apply)
+    return run_reap(apply=args.apply, vmhost=args.vmhost)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "reap", help="list (or remove with --apply) domains and overlays of no live reservation"
     )
-    p.add_argument("--apply", action="store_true")
+    p.add_argument("--apply", action="store_true", help="remove them (default: only list)")
+    p.add_argument("--vmhost", default=None, help="short host name of this VM host (default VCL_VMHOST)")
     p.set_defaults(func=cmd_reap)
     return parser
 
