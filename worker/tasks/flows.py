@@ -78,6 +78,8 @@ class Summary:
     request_state: str | None = None
     detail: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    # True when this load copied the master from the repository (image distribution).
+    master_copied: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -224,6 +226,7 @@ def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dic
                     )
                 summary.domain = result.domain_name
                 summary.disks = {"cow": result.cow_path, "master": result.master_path}
+                summary.master_copied = result.master_copied
                 summary.timings.update({f"core_{k}": v for k, v in result.timings.items()})
         except TransientError as exc:
             _retry_or_fail(hooks, exc, lambda msg: store.fail_load(r, msg))

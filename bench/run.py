@@ -1,0 +1,226 @@
+"""``make bench`` / ``python -m bench.run [--only B1,B5] [--repeat N] [--concurrency 1,2,4]``.
+
+Every figure is a ratio against a baseline measured in the same run (the host is shared and noisy);
+each is repeated and the median reported. Writes bench/results/latest.json and load_latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import psutil
+
+from bench import scenarios
+from bench.stack import RESULTS, BenchStack
+
+ALL = ("B1", "B2", "B3", "B4", "B5")  # B6 (memory) is sampled during B2
+DEFAULT_REPEAT = {"B1": 15, "B2": 3, "B3": 3, "B4": 3, "B5": 15}
+DEFAULT_SWEEP = (1, 2, 3, 4, 6)
+
+
+def _version(v: int) -> str:
+    return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"
+
+
+def machine() -> dict[str, Any]:
+    conn = libvirt.open("qemu:///system")
+    try:
+        caps = conn.getDomainCapabilities(None, None, None, "kvm") if os.path.exists("/dev/kvm") else ""
+        kvm = "kvm" if caps and "<domain>kvm</domain>" in caps else "tcg"
+        libvirt_v, qemu_v = _version(conn.getLibVersion()), _version(conn.getVersion())
+    finally:
+        conn.close()
+    cpu = ""
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "accel": kvm.upper(),
+        "libvirt": libvirt_v,
+        "qemu": qemu_v,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _f(x: float, unit: str = "s") -> str:
+    if unit == "ms":
+        return f"{x:.1f} ms"
+    return f"{x:.3f} s"
+
+
+def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(benchmark, ours, baseline, ratio, target/met) rows."""
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def met(ok: bool, target: str) -> str:
+        return f"{target} {'MET' if ok else 'MISSED'}"
+
+    if "B1" in results:
+        r = results["B1"]
+        rows.append(("B1 load latency (enqueue→SUCCESS vs overlay+define+create)",
+                     _f(r["worker_median_s"]), _f(r["raw_median_s"]), f"{r['ratio']:.2f}",
+                     met(r["met"], "<= 1.3")))  # fmt: skip
+    if "B2" in results:
+        r = results["B2"]
+        for c, v in sorted(r["by_concurrency"].items(), key=lambda kv: int(kv[0])):
+            best = " (best)" if int(c) == int(r["best_concurrency"]) else ""
+            rows.append((f"B2 burst of {r['reservations']}, -c {c}{best}",
+                         f"{_f(v['burst_median_s'])} = {v['reservations_per_s']:.2f} res/s",
+                         f"{_f(r['raw_sequence_median_s'])} = {r['raw_reservations_per_s']:.2f} res/s",
+                         f"{v['ratio_vs_raw_sequence']:.2f}", "lower is better"))  # fmt: skip
+        for c, v in sorted(r["by_concurrency"].items(), key=lambda kv: int(kv[0])):
+            rows.append((f"B6 peak RSS of a worker child, -c {c}", f"{v['peak_child_rss_mib']:.0f} MiB",
+                         f"{v['idle_child_rss_mib']:.0f} MiB idle",
+                         f"{v['peak_child_rss_mib'] / v['idle_child_rss_mib']:.2f}", "-"))  # fmt: skip
+    if "B3" in results:
+        r = results["B3"]
+        rows.append((f"B3 {r['loads']} loads, master only in repo (1 GiB) - copies {r['copies_made']}",
+                     _f(r["wall_median_s"]), f"{_f(r['plain_copy_qemu_img_convert_median_s'])} convert",
+                     f"{r['ratio']:.2f}", met(r["met"], "<= 1.2")))  # fmt: skip
+        rows.append(("B3 same, against cp of the file", _f(r["wall_median_s"]),
+                     f"{_f(r['plain_copy_cp_median_s'])} cp", f"{r['ratio_vs_cp']:.2f}", "-"))  # fmt: skip
+    if "B4" in results:
+        r = results["B4"]
+        rows.append(("B4 capture 512 MiB COW over 1 GiB master", _f(r["capture_median_s"]),
+                     f"{_f(r['raw_convert_median_s'])} convert", f"{r['ratio']:.2f}",
+                     met(r["met"], "<= 1.1")))  # fmt: skip
+    if "B5" in results:
+        r = results["B5"]
+        rows.append(("B5 statements to read a reservation", str(r["read_reservation_statements"]), "-", "-",
+                     met(r["read_reservation_statements"] <= 3, "<= 3")))  # fmt: skip
+        rows.append(("B5 statements per load / per capture",
+                     f"{r['load_statements']} / {r['capture_statements']}", "-", "-", "-"))  # fmt: skip
+        rows.append(("B5 dispatcher poll, 10,000 finished + 100 due", _f(r["poll_median_ms"], "ms"),
+                     f"{_f(r['raw_select_median_ms'], 'ms')} raw SELECT",
+                     f"{r['poll_median_ms'] / r['raw_select_median_ms']:.2f}",
+                     met(r["poll_median_ms"] <= 50, "<= 50 ms")))  # fmt: skip
+        rows.append(
+            (
+                "B5 find_due_requests alone",
+                _f(r["find_due_requests_median_ms"], "ms"),
+                f"{_f(r['raw_select_median_ms'], 'ms')} raw SELECT",
+                f"{r['ratio']:.2f}",
+                "-",
+            )
+        )
+    return rows
+
+
+def render(rows: list[tuple[str, str, str, str, str]], markdown: bool = False) -> str:
+    head = ("benchmark", "ours (median)", "baseline (median)", "ratio", "target")
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt.format(*head), sep, *(fmt.format(*r) for r in rows)])
+
+
+def chart(b1: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, xs in (
+        ("worker (enqueue → SUCCESS)", b1["worker_s"]),
+        ("raw overlay+define+create", b1["raw_s"]),
+    ):
+        xs = sorted(x * 1000 for x in xs)
+        ys = [(i + 1) / len(xs) for i in range(len(xs))]
+        ax.step(xs, ys, where="post", label=f"{label}, median {sorted(xs)[len(xs) // 2]:.0f} ms")
+    ax.set_xlabel("load latency (ms)")
+    ax.set_ylabel("fraction of loads")
+    ax.set_title(f"B1 load latency, ratio of medians {b1['ratio']:.2f} (target <= 1.3)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    p.add_argument("--only", default=",".join(ALL), help="comma-separated subset of B1..B5 (B6 runs with B2)")
+    p.add_argument("--repeat", type=int, default=None, help="repeats for every selected benchmark")
+    p.add_argument("--concurrency", default=",".join(map(str, DEFAULT_SWEEP)), help="B2 sweep")
+    p.add_argument("-c", "--worker-concurrency", type=int, default=None,
+                   help="concurrency for B1/B3/B4 (default: Settings.worker_concurrency)")  # fmt: skip
+    p.add_argument("--out", default=str(RESULTS / "latest.json"))
+    args = p.parse_args(argv)
+    only = [x.strip().upper() for x in args.only.split(",") if x.strip()]
+    only = ["B2" if x == "B6" else x for x in only]
+    unknown = set(only) - set(ALL)
+    if unknown:
+        p.error(f"unknown benchmark(s) {sorted(unknown)}")
+    sweep = [int(x) for x in args.concurrency.split(",")]
+    conc = args.worker_concurrency or scenarios.default_concurrency()
+
+    def rep(name: str) -> int:
+        return args.repeat or DEFAULT_REPEAT[name]
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                           "worker_concurrency": conc, "results": {}}  # fmt: skip
+    results = out["results"]
+    t_start = time.monotonic()
+    print(f"machine: {out['machine']}", flush=True)
+    stack = BenchStack.create()
+    try:
+        print(f"stack {stack.run_id}: datastore {stack.datastore}, queue {stack.queue}", flush=True)
+        stack.make_images()
+        steps = {
+            "B1": lambda: scenarios.b1_load_latency(stack, rep("B1"), conc),
+            "B2": lambda: scenarios.b2_burst(stack, rep("B2"), sweep),
+            "B3": lambda: scenarios.b3_distribution(stack, rep("B3"), conc),
+            "B4": lambda: scenarios.b4_capture(stack, rep("B4"), conc),
+            "B5": lambda: scenarios.b5_database(stack, rep("B5")),
+        }
+        for name in ALL:
+            if name not in only:
+                continue
+            t0 = time.monotonic()
+            print(f"{name} ...", flush=True)
+            results[name] = steps[name]()
+            results[name]["elapsed_s"] = round(time.monotonic() - t0, 1)
+            print(render(table({name: results[name]})), flush=True)
+    finally:
+        stack.close()
+    out["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    Path(args.out).write_text(json.dumps(out, indent=2, default=str))
+    if "B1" in results:
+        chart(results["B1"], RESULTS / "load_latency.png")
+    rows = table(results)
+    (RESULTS / "latest.md").write_text(render(rows, markdown=True) + "\n")
+    print()
+    m = out["machine"]
+    print(f"{m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, {m['accel']}, "
+          f"libvirt {m['libvirt']}, QEMU {m['qemu']}; worker concurrency {conc}")  # fmt: skip
+    print(render(rows))
+    print(
+        f"\nresults: {args.out}, {RESULTS / 'latest.md'}" + (", load_latency.png" if "B1" in results else "")
+    )
+    print(f"total {out['elapsed_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
