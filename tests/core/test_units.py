@@ -116,9 +116,21 @@ def test_guest_on_test_driver() -> None:
     assert host.lookup_domain("unit1") is None
 
 
-def test_no_driver_for_test_uri() -> None:
-    with pytest.raises(NoDriverError, match="KVM"):
-        select_driver(LibvirtHost("test:///default"))
+def test_test_uri_gets_the_simulated_driver_only() -> None:
+    driver = select_driver(LibvirtHost("test:///default"))
+    assert driver.name == "Simulated"
+    assert driver.get_domain_type(LibvirtHost("test:///default")) == "test"
+
+
+def test_no_driver_for_an_unknown_hypervisor() -> None:
+    class XenHost:
+        uri = "xen:///system"
+
+        def hypervisor_type(self) -> str:
+            return "Xen"
+
+    with pytest.raises(NoDriverError, match="KVM: probe failed; Simulated: probe failed"):
+        select_driver(XenHost())  # type: ignore[arg-type]
 
 
 def test_domain_xml_variants_validate(tmp_path) -> None:  # type: ignore[no-untyped-def]
