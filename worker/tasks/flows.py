@@ -193,8 +193,22 @@ def _locked(computer_id: int, summary: Summary, owner: str | None) -> Iterator[N
             summary.timings["unlocked_at"] = time.time()
 
 
-def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dict[str, Any]:
-    """``new``/``reload``: vcld's new.pm → reload_image → libvirt load (reference 3.4)."""
+@dataclass
+class _Work:
+    """One delivery of a task: the claimed request, the loaded reservation, what to report."""
+
+    store: VclStore
+    settings: Settings
+    summary: Summary
+    clock: _Stopwatch
+    request_id: int
+    outcome: ClaimOutcome
+    reservation: Reservation
+    from_state: str
+
+
+def _begin(hooks: TaskHooks, reservation_id: int, action: str) -> _Work:
+    """Claim the request (vcld: state → pending) and load the reservation it is about."""
     store, settings = runtime.store(), runtime.settings()
     from_state = FROM_STATE[action]
     summary = Summary(action=action, reservation_id=reservation_id)
@@ -205,22 +219,51 @@ def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dic
     hooks.progress("claimed", 1.0, outcome.value)
     r = _load_reservation(store, reservation_id, request_id, action)
     summary.computer, summary.vmhost = r.computer_short_name, r.vmhost_short_name
+    return _Work(store, settings, summary, clock, request_id, outcome, r, from_state)
+
+
+def _end(work: _Work, hooks: TaskHooks, last_stage: str) -> dict[str, Any]:
+    states = work.store.request_states(work.request_id)
+    work.summary.request_state = states[0] if states else None
+    work.summary.timings["total"] = work.clock.total()
+    hooks.progress(last_stage, 100.0)
+    return work.summary.as_dict()
+
+
+@contextmanager
+def _failing_reservation(hooks: TaskHooks, fail: Callable[[str], None]) -> Iterator[None]:
+    """Map the core's errors onto vcld's outcomes: transient → retry (then fail), others → fail."""
+    try:
+        yield
+    except TransientError as exc:
+        _retry_or_fail(hooks, exc, fail)
+    except PermanentError as exc:
+        fail(f"{type(exc).__name__}: {exc}")
+        raise ReservationFailed(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        # A soft time limit or a bug: the reservation still fails the way vcld fails it.
+        fail(f"unexpected {type(exc).__name__}: {exc}")
+        raise
+
+
+def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dict[str, Any]:
+    """``new``/``reload``: vcld's new.pm → reload_image → libvirt load (reference 3.4)."""
+    work = _begin(hooks, reservation_id, action)
+    store, r, summary = work.store, work.reservation, work.summary
     with _locked(r.computer_id, summary, hooks.owner):
-        _still_ours(store, request_id, from_state)
-        provisioner = _make_provisioner(store, r, settings, action)
+        _still_ours(store, work.request_id, work.from_state)
+        provisioner = _make_provisioner(store, r, work.settings, action)
         store.start_load(r)
         failpoint(f"{action}.started")
-        try:
+        with _failing_reservation(hooks, lambda msg: store.fail_load(r, msg)):
             provisioner.initialize()
             # vcld skips the load of a computer already running this revision (node_status READY);
             # that is also what makes a redelivered load converge instead of loading twice.
-            already = outcome is ClaimOutcome.RESUMED and provisioner.node_status() is NodeStatus.READY
-            if already:
+            if work.outcome is ClaimOutcome.RESUMED and provisioner.node_status() is NodeStatus.READY:
                 summary.detail = "computer already loaded with this revision; load skipped"
-                domain = provisioner.get_domain_name()
-                summary.domain = domain
+                summary.domain = provisioner.get_domain_name()
             else:
-                with clock.phase("load"):
+                with work.clock.phase("load"):
                     result = provisioner.load(
                         progress=_progress_adapter(hooks, store, r, COPY_SPAN, record=True)
                     )
@@ -228,43 +271,24 @@ def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dic
                 summary.disks = {"cow": result.cow_path, "master": result.master_path}
                 summary.master_copied = result.master_copied
                 summary.timings.update({f"core_{k}": v for k, v in result.timings.items()})
-        except TransientError as exc:
-            _retry_or_fail(hooks, exc, lambda msg: store.fail_load(r, msg))
-        except PermanentError as exc:
-            store.fail_load(r, f"{type(exc).__name__}: {exc}")
-            raise ReservationFailed(f"{type(exc).__name__}: {exc}") from exc
-        except Exception as exc:
-            # A soft time limit or a bug: the reservation still fails the way vcld fails it.
-            store.fail_load(r, f"unexpected {type(exc).__name__}: {exc}")
-            raise
         failpoint(f"{action}.before_finish")
         store.finish_load(r)
         failpoint(f"{action}.finished")
-    states = store.request_states(request_id)
-    summary.request_state = states[0] if states else None
-    summary.timings["total"] = clock.total()
-    hooks.progress("loadimagecomplete", 100.0)
-    return summary.as_dict()
+    return _end(work, hooks, "loadimagecomplete")
 
 
 def run_capture(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
     """``image``: vcld's image.pm → libvirt capture → image/imagerevision rows → reload request."""
-    store, settings = runtime.store(), runtime.settings()
-    summary = Summary(action="capture", reservation_id=reservation_id)
-    clock = _Stopwatch()
-    request_id, outcome = _claim(store, reservation_id, "image")
-    summary.request_id = request_id
-    hooks.progress("claimed", 1.0, outcome.value)
-    r = _load_reservation(store, reservation_id, request_id, "capture")
-    summary.computer, summary.vmhost = r.computer_short_name, r.vmhost_short_name
+    work = _begin(hooks, reservation_id, "capture")
+    store, r, summary = work.store, work.reservation, work.summary
     with _locked(r.computer_id, summary, hooks.owner):
-        _still_ours(store, request_id, "image")
-        provisioner = _make_provisioner(store, r, settings, "capture")
-        try:
+        _still_ours(store, work.request_id, work.from_state)
+        provisioner = _make_provisioner(store, r, work.settings, "capture")
+        with _failing_reservation(hooks, lambda msg: store.fail_capture(r, msg)):
             provisioner.initialize()
             new_name = provisioner.get_new_image_name()
             try:
-                with clock.phase("capture"):
+                with work.clock.phase("capture"):
                     result = provisioner.capture(
                         progress=_progress_adapter(hooks, store, r, CAPTURE_SPAN, record=False)
                     )
@@ -276,59 +300,39 @@ def run_capture(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
             except ImageExistsError:
                 # Masters appear only by atomic rename, so an existing target is a complete capture
                 # from an earlier delivery of this task that died before recording it.
-                if outcome is not ClaimOutcome.RESUMED:
+                if work.outcome is not ClaimOutcome.RESUMED:
                     raise
                 summary.detail = "master already captured by an earlier delivery; recording it"
             size_mb = provisioner.get_image_size(new_name)
-        except TransientError as exc:
-            _retry_or_fail(hooks, exc, lambda msg: store.fail_capture(r, msg))
-        except PermanentError as exc:
-            store.fail_capture(r, f"{type(exc).__name__}: {exc}")
-            raise ReservationFailed(f"{type(exc).__name__}: {exc}") from exc
-        except Exception as exc:
-            store.fail_capture(r, f"unexpected {type(exc).__name__}: {exc}")
-            raise
         reload_request_id = store.finish_capture(r, new_name, size_mb)
     summary.detail = (
         summary.detail + f" new image {new_name} ({size_mb} MB); reload request {reload_request_id}"
     ).strip()
-    states = store.request_states(request_id)
-    summary.request_state = states[0] if states else None
-    summary.timings["total"] = clock.total()
-    hooks.progress("complete", 100.0)
-    return summary.as_dict()
+    return _end(work, hooks, "complete")
 
 
 def run_maintenance(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
     """``tomaintenance``: new.pm → post_maintenance_action → computer maintenance, vmhostid NULL."""
-    store, settings = runtime.store(), runtime.settings()
-    summary = Summary(action="maintenance", reservation_id=reservation_id)
-    clock = _Stopwatch()
-    request_id, outcome = _claim(store, reservation_id, "tomaintenance")
-    summary.request_id = request_id
-    hooks.progress("claimed", 1.0, outcome.value)
-    r = _load_reservation(store, reservation_id, request_id, "maintenance")
-    summary.computer, summary.vmhost = r.computer_short_name, r.vmhost_short_name
+    work = _begin(hooks, reservation_id, "maintenance")
+    store, r, summary = work.store, work.reservation, work.summary
     with _locked(r.computer_id, summary, hooks.owner):
-        _still_ours(store, request_id, "tomaintenance")
-        provisioner = _make_provisioner(store, r, settings, "maintenance")
+        _still_ours(store, work.request_id, work.from_state)
+        provisioner = _make_provisioner(store, r, work.settings, "maintenance")
+        failure = ""
         try:
             provisioner.initialize()
-            with clock.phase("unload"):
+            with work.clock.phase("unload"):
                 removed = provisioner.post_maintenance_action()
             summary.detail = f"removed domains: {', '.join(removed) or 'none'}"
         except TransientError as exc:
             if hooks.may_retry():
                 raise
-            summary.detail = f"post_maintenance_action failed: {exc}"
+            failure = f"post_maintenance_action failed: {exc}"
         except PermanentError as exc:
             # vcld logs this as CRITICAL and still puts the computer in maintenance (new.pm 4).
-            summary.detail = f"post_maintenance_action failed: {type(exc).__name__}: {exc}"
-        if summary.detail.startswith("post_maintenance_action failed"):
-            store.insert_loadlog(r.reservation_id, r.computer_id, "failed", summary.detail)
+            failure = f"post_maintenance_action failed: {type(exc).__name__}: {exc}"
+        if failure:
+            summary.detail = failure
+            store.insert_loadlog(r.reservation_id, r.computer_id, "failed", failure)
         store.finish_maintenance(r)
-    states = store.request_states(request_id)
-    summary.request_state = states[0] if states else None
-    summary.timings["total"] = clock.total()
-    hooks.progress("complete", 100.0)
-    return summary.as_dict()
+    return _end(work, hooks, "complete")
