@@ -17,7 +17,7 @@ import libvirt
 import psutil
 from sqlalchemy import event, insert, text
 
-from bench.stack import BenchStack, make_data_image, run
+from bench.stack import BenchStack, make_data_image, open_libvirt, run
 from tests.support.db import create_test_database
 from tests.support.libvirt_env import qemu_img_info
 from worker.config import Settings
@@ -50,31 +50,61 @@ class RawLoader:
 
     def __init__(self, stack: BenchStack) -> None:
         self.stack = stack
-        self.conn = libvirt.open(stack.settings.libvirt_uri)
+        self.conn = open_libvirt(stack.settings.libvirt_uri)
         self.kind = "kvm" if os.path.exists("/dev/kvm") else "qemu"
         self.n = 0
 
-    def load(self) -> float:
+    def _alive(self) -> libvirt.virConnect:
+        """The connection, reopened if libvirtd was restarted under us."""
+        try:
+            if self.conn.isAlive():
+                return self.conn
+        except libvirt.libvirtError:
+            pass
+        self.conn = open_libvirt(self.stack.settings.libvirt_uri)
+        return self.conn
+
+    def load(self, backing: Path | None = None) -> float:
         s = self.stack
+        self._alive()
         self.n += 1
         name = f"braw{s.run_id}_{self.n}"
         cow = s.datastore / f"{name}.qcow2"
-        mac = "52:54:01:" + ":".join(f"{b:02x}" for b in os.urandom(3))
+        # The same hardware as the worker's domain: one NIC per vmprofile switch (two here).
+        nics = tuple(
+            domain_xml.NicSpec(
+                "network", s.network, "52:54:01:" + ":".join(f"{b:02x}" for b in os.urandom(3))
+            )
+            for _ in range(2)
+        )
         xml = domain_xml.build_domain_xml(
             domain_xml.DomainSpec(
                 name=name, uuid=str(uuid.uuid4()), domain_type=self.kind, memory_mib=512, vcpus=1,
-                disk_path=str(cow), nics=(domain_xml.NicSpec("network", s.network, mac),),
+                disk_path=str(cow), nics=nics,
             )
         )  # fmt: skip
         t0 = time.perf_counter()
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(s.master), str(cow)])
+        run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                str(backing or s.master),
+                str(cow),
+            ]
+        )
         dom = self.conn.defineXML(xml)
         dom.create()
         return time.perf_counter() - t0
 
     def cleanup(self) -> None:
         prefix = f"braw{self.stack.run_id}_"
-        for dom in self.conn.listAllDomains(0):
+        for dom in self._alive().listAllDomains(0):
             if dom.name().startswith(prefix):
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.destroy()
@@ -84,7 +114,8 @@ class RawLoader:
 
     def close(self) -> None:
         self.cleanup()
-        self.conn.close()
+        with contextlib.suppress(libvirt.libvirtError):
+            self.conn.close()
 
 
 def timed_cmd(cmd: list[str]) -> float:
@@ -178,6 +209,7 @@ def b1_load_latency(stack: BenchStack, repeat: int, concurrency: int) -> dict[st
         "ratio": ratio(worker_med, raw_med),
         "target": 1.3,
         "met": worker_med / raw_med <= 1.3,
+        "task_phases_s": phases,
         "task_phase_medians_s": {k: round(med([p[k] for p in phases if k in p]), 4) for k in phase_names},
         "concurrency": concurrency,
     }
@@ -267,19 +299,32 @@ def b3_distribution(stack: BenchStack, repeat: int, concurrency: int, n: int = 1
     copy_convert: list[float] = []
     copy_cp: list[float] = []
     copies: list[int] = []
+    timings: list[list[dict[str, float]]] = []
+    copy_and_loads: list[float] = []
     scratch = stack.datastore / "b3-plain-copy.qcow2"
+    convert = ["qemu-img", "convert", "-U", str(stack.repo_image), "-O", "qcow2", str(scratch)]
+    raw = RawLoader(stack)
     try:
+        # Warm-up (untimed): the first big copy after writing the image is slower, whoever makes it.
+        run(convert)
+        scratch.unlink()
         for rnd in range(repeat):
 
             def plain() -> None:
-                for lst, cmd in (
-                    (copy_convert, ["qemu-img", "convert", "-U", str(stack.repo_image), "-O", "qcow2"]),
-                    (copy_cp, ["cp", "--sparse=auto", str(stack.repo_image)]),
-                ):
-                    scratch.unlink(missing_ok=True)
-                    sync()
-                    lst.append(timed_cmd([*cmd, str(scratch)]))
-                    scratch.unlink()
+                scratch.unlink(missing_ok=True)
+                sync()
+                copy_cp.append(timed_cmd(["cp", "--sparse=auto", str(stack.repo_image), str(scratch)]))
+                scratch.unlink()
+                sync()
+                t_copy = timed_cmd(convert)
+                copy_convert.append(t_copy)
+                # The floor for the whole job: that one copy, then the 10 loads done raw, in sequence.
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    raw.load(backing=scratch)
+                copy_and_loads.append(t_copy + time.perf_counter() - t0)
+                raw.cleanup()
+                scratch.unlink()
 
             def distributed() -> None:
                 stack.reset_all()
@@ -290,6 +335,7 @@ def b3_distribution(stack: BenchStack, repeat: int, concurrency: int, n: int = 1
                 results = [stack.send("vcl.load", r) for r in reservations]
                 values = [r.get(timeout=TASK_TIMEOUT) for r in results]
                 wall.append(time.perf_counter() - t0)
+                timings.append([v["timings"] for v in values])
                 made = sum(1 for v in values if v.get("master_copied"))
                 copies.append(made)
                 assert made == 1, f"{made} copies of the master were made, expected exactly one"
@@ -301,6 +347,7 @@ def b3_distribution(stack: BenchStack, repeat: int, concurrency: int, n: int = 1
             for step in (plain, distributed) if rnd % 2 == 0 else (distributed, plain):
                 step()
     finally:
+        raw.close()
         scratch.unlink(missing_ok=True)
         stack.reset_all()
         stack.set_repository(False)
@@ -314,7 +361,11 @@ def b3_distribution(stack: BenchStack, repeat: int, concurrency: int, n: int = 1
         "plain_copy_qemu_img_convert_s": copy_convert,
         "plain_copy_qemu_img_convert_median_s": round(cm, 3),
         "plain_copy_cp_median_s": round(pm, 3),
+        "copy_plus_raw_loads_s": copy_and_loads,
+        "copy_plus_raw_loads_median_s": round(med(copy_and_loads), 3),
+        "ratio_vs_copy_plus_raw_loads": ratio(wm, med(copy_and_loads)),
         "copies_made": copies,
+        "task_timings": timings,
         "ratio": ratio(wm, cm),
         "ratio_vs_cp": ratio(wm, pm),
         "target": 1.2,
@@ -330,7 +381,7 @@ def _prepare_capture(stack: BenchStack, idx: int) -> Path:
     """A domain (powered off) whose COW holds 512 MiB of writes over the 1 GiB master."""
     stack.reset_computer(idx)
     _dt, value = worker_load(stack, idx)
-    conn = libvirt.open(stack.settings.libvirt_uri)
+    conn = open_libvirt(stack.settings.libvirt_uri)
     try:
         conn.lookupByName(value["domain"]).destroy()
     finally:
@@ -346,8 +397,13 @@ def b4_capture(stack: BenchStack, repeat: int, concurrency: int) -> dict[str, An
     stack.start_worker(concurrency)
     capture_s: list[float] = []
     raw_s: list[float] = []
+    details: list[dict[str, Any]] = []
     idx = CAPTURE_COMPUTER
     try:
+        # Warm-up (untimed), as in B3: the first big convert after heavy writes is slower.
+        warm = stack.datastore / "b4-warm.qcow2"
+        run(["qemu-img", "convert", "-U", str(stack.master), "-O", "qcow2", str(warm)])
+        warm.unlink()
         for rnd in range(repeat):
             cow = _prepare_capture(stack, idx)
             copy = stack.datastore / f"b4-chain-{rnd}.qcow2"
@@ -357,6 +413,7 @@ def b4_capture(stack: BenchStack, repeat: int, concurrency: int) -> dict[str, An
             def raw_convert(copy: Path = copy, out: Path = out) -> None:
                 sync()
                 raw_s.append(timed_cmd(["qemu-img", "convert", "-U", str(copy), "-O", "qcow2", str(out)]))
+                details.append({"raw_actual_size": qemu_img_info(out)["actual-size"]})
                 copy.unlink()
                 out.unlink()
 
@@ -373,7 +430,9 @@ def b4_capture(stack: BenchStack, repeat: int, concurrency: int) -> dict[str, An
                 capture_s.append(time.perf_counter() - t0)
                 assert value["request_state"] == "complete", value
                 new_master = Path(value["disks"]["master"])
-                assert "backing-filename" not in qemu_img_info(new_master)
+                info = qemu_img_info(new_master)
+                assert "backing-filename" not in info
+                details.append({"timings": value["timings"], "actual_size": info["actual-size"]})
                 new_master.chmod(0o644)
                 new_master.unlink()
 
@@ -385,6 +444,7 @@ def b4_capture(stack: BenchStack, repeat: int, concurrency: int) -> dict[str, An
     return {
         "capture_s": capture_s,
         "raw_convert_s": raw_s,
+        "capture_details": details,
         "capture_median_s": round(cm, 3),
         "raw_convert_median_s": round(rm, 3),
         "ratio": ratio(cm, rm),
@@ -498,7 +558,7 @@ def b5_database(stack: BenchStack, repeat: int) -> dict[str, Any]:
         stack.store.load_reservation(res)
     with counting(stack.engine) as load_stmts:
         value = flows.run_load(hooks, res)
-    conn = libvirt.open(stack.settings.libvirt_uri)
+    conn = open_libvirt(stack.settings.libvirt_uri)
     try:
         conn.lookupByName(value["domain"]).destroy()
     finally:

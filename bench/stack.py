@@ -24,7 +24,7 @@ import redis
 from sqlalchemy import text
 
 from tests.support.db import create_test_database, drop_test_database
-from tests.support.libvirt_env import cleanup_domains, ensure_isolated_network, remove_network
+from tests.support.libvirt_env import ensure_isolated_network, remove_network
 from worker.app import app, configure, vmhost_queue
 from worker.config import Settings
 from worker.db.engine import make_engine, make_session_factory
@@ -51,6 +51,31 @@ def make_data_image(path: Path, size_mib: int, data_mib: int, pattern: int = 0x5
     run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), f"{size_mib}M"])
     if data_mib:
         run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern:#x} 0 {data_mib}M", str(path)])
+
+
+def open_libvirt(uri: str = "qemu:///system", wait: float = 120) -> libvirt.virConnect:
+    """libvirt.open, waiting up to ``wait`` s for libvirtd (other suites on this host restart it)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return libvirt.open(uri)
+        except libvirt.libvirtError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def remove_domains(prefix: str) -> None:
+    conn = open_libvirt()
+    try:
+        for dom in conn.listAllDomains(0):
+            if dom.name().startswith(prefix):
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    finally:
+        conn.close()
 
 
 @dataclass
@@ -94,12 +119,13 @@ class BenchStack:
     def create(cls) -> BenchStack:
         run_id = uuid.uuid4().hex[:6]
         datastore = IMAGES_ROOT / f"vcl-bench-{run_id}"
-        repository = datastore / "repo"
+        # Not under the datastore: masters are found by a recursive search of the datastore.
+        repository = IMAGES_ROOT / f"vcl-bench-{run_id}-repo"
         network = ensure_isolated_network(f"vclbench-{run_id}")
         db_url = ""
         try:
-            repository.mkdir(mode=0o755, parents=True)
-            os.chmod(datastore, 0o755)
+            datastore.mkdir(mode=0o755)
+            repository.mkdir(mode=0o755)
             db_url = create_test_database("vclbench")
             for db in (REDIS_BROKER_DB, REDIS_RESULT_DB):
                 redis.Redis(db=db).flushdb()
@@ -156,6 +182,7 @@ class BenchStack:
         except BaseException:
             remove_network(network)
             shutil.rmtree(datastore, ignore_errors=True)
+            shutil.rmtree(repository, ignore_errors=True)
             if db_url:
                 drop_test_database(db_url)
             raise
@@ -197,16 +224,13 @@ class BenchStack:
         if self.worker is not None:
             self.worker.stop()
             self.worker = None
-        with contextlib.suppress(Exception):
-            cleanup_domains(f"bvm{self.run_id}")
-        with contextlib.suppress(Exception):
-            cleanup_domains(f"braw{self.run_id}")
+        for prefix in (f"bvm{self.run_id}", f"braw{self.run_id}"):
+            with contextlib.suppress(Exception):
+                remove_domains(prefix)
         with contextlib.suppress(Exception):
             remove_network(self.network)
-        for p in self.datastore.rglob("*"):
-            with contextlib.suppress(OSError):
-                os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        shutil.rmtree(self.datastore, ignore_errors=True)
+        for root in (self.datastore, self.repository):
+            shutil.rmtree(root, ignore_errors=True)
         with contextlib.suppress(Exception):
             self.engine.dispose()
         for url in [self.db_url, *self.extra_dbs]:
@@ -264,19 +288,19 @@ class BenchStack:
     def reset_computer(self, index: int) -> None:
         """No domain and no overlay for computer ``index`` (untimed cleanup between repeats)."""
         short = self.shorts[index]
-        cleanup_domains(f"{short}_")
+        remove_domains(f"{short}_")
         for p in self.datastore.glob(f"{short}_*"):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 
     def reset_all(self) -> None:
-        cleanup_domains(f"bvm{self.run_id}")
+        remove_domains(f"bvm{self.run_id}")
         for p in self.datastore.glob(f"bvm{self.run_id}*"):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 
     def running_domains(self, prefix: str) -> list[str]:
-        conn = libvirt.open(self.settings.libvirt_uri)
+        conn = open_libvirt(self.settings.libvirt_uri)
         try:
             return [
                 d.name()
