@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.close()
     out["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    out["discarded_repeats"] = scenarios.DISCARDED
     Path(args.out).write_text(json.dumps(out, indent=2, default=str))
     if "B1" in results:
         chart(results["B1"], RESULTS / "load_latency.png")
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nresults: {args.out}, {RESULTS / 'latest.md'}" + (", load_latency.png" if "B1" in results else "")
     )
-    print(f"total {out['elapsed_s']} s")
+    print(f"total {out['elapsed_s']} s; repeats discarded and re-run: {len(scenarios.DISCARDED)}")
     return 0
 
 
