@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from worker.hypervisors.errors import NoDriverError
+from worker.hypervisors.errors import NoDriverError, TransientError
 
 if TYPE_CHECKING:
     from worker.hypervisors.host import LibvirtHost
@@ -69,6 +69,8 @@ def select_driver(host: LibvirtHost) -> Driver:
                 log.info("libvirt driver %s selected for %s", name, host.uri)
                 return driver
             tried.append(f"{name}: probe failed")
+        except TransientError:
+            raise  # libvirtd unreachable (e.g. restarting): retry the task, do not fail it
         except Exception as exc:  # a broken driver must not hide the others
             tried.append(f"{name}: {exc}")
             log.warning("driver %s failed to initialise: %s", name, exc)
