@@ -103,11 +103,6 @@ def test_mariadb_restart_during_loads(fstack: FaultStack) -> None:
     assert "transient error, retry" in log, "no task hit the MariaDB outage"
     for res, i in zip(reservations, indexes, strict=True):
         check_loaded(fstack, res, i)  # one loadimagecomplete/nodeready each: no half transition
-    with fstack.sf() as s:
-        from sqlalchemy import text
-
-        pending = s.execute(text("SELECT COUNT(*) FROM request WHERE stateid = 14")).scalar_one()
-    assert pending == 0
 
 
 # ---------------------------------------------------------------------- Redis
