@@ -81,8 +81,8 @@ class RawLoader:
     def _alive(self) -> libvirt.virConnect:
         """The connection, reopened if libvirtd was restarted under us."""
         try:
-            if self.conn.isAlive():
-                return self.conn
+            self.conn.getLibVersion()  # a real round trip: isAlive() stays True on a broken pipe
+            return self.conn
         except libvirt.libvirtError:
             pass
         self.conn = open_libvirt(self.stack.settings.libvirt_uri)
@@ -137,7 +137,8 @@ class RawLoader:
             p.unlink()
 
     def close(self) -> None:
-        self.cleanup()
+        with contextlib.suppress(libvirt.libvirtError):
+            self.cleanup()
         with contextlib.suppress(libvirt.libvirtError):
             self.conn.close()
 
