@@ -93,7 +93,7 @@ def test_mariadb_restart_during_loads(fstack: FaultStack) -> None:
         try:
             fstack.mariadb.stop()
             COUNTERS["faults injected"] += 1
-            time.sleep(3)
+            time.sleep(6)  # longer than a load: the running loads' final transitions hit the outage
         finally:
             fstack.mariadb.start()
         _dispose(fstack)
