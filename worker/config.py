@@ -76,8 +76,9 @@ class Settings:
     capture_time_limit: int = 7800
     # Seconds a task waits for another task's per-computer lock before it is retried.
     lock_wait: int = 300
-    # Worker concurrency (prefork children); see README for why 2 on a 2-core host.
-    worker_concurrency: int = 2
+    # Worker concurrency (prefork children). A load mostly waits on libvirt/QEMU start-up, so more
+    # children than cores pays off; README "Benchmarks" (B2) has the sweep behind 6.
+    worker_concurrency: int = 6
     log_level: str = "INFO"
 
     @property
