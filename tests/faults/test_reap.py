@@ -48,7 +48,10 @@ def test_reap_lists_then_removes_only_orphans(fstack: FaultStack) -> None:
     # orphans: an old-revision overlay of the live computer; a domain + overlay of a computer in
     # maintenance; a domain + overlay of a deleted computer
     old = ds / f"{live_short}_{img}-v7.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(fstack.master), str(old)], check=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(fstack.master), str(old)],
+        check=True,
+    )
     orphan_names = [str(old)]
     for index, state in ((2, "maintenance"), (3, "deleted")):
         short = fstack.short(index)
@@ -59,7 +62,10 @@ def test_reap_lists_then_removes_only_orphans(fstack: FaultStack) -> None:
             dom.destroy()
             c.close()
         if state == "maintenance":
-            fstack.execute("UPDATE computer SET stateid=(SELECT id FROM state WHERE name='maintenance') WHERE id=:c", c=cid)
+            fstack.execute(
+                "UPDATE computer SET stateid=(SELECT id FROM state WHERE name='maintenance') WHERE id=:c",
+                c=cid,
+            )
         else:
             fstack.execute("UPDATE computer SET deleted=1 WHERE id=:c", c=cid)
         orphan_names += fstack.domains(short) + [str(p) for p in ds.glob(f"{short}_*.qcow2")]
@@ -67,7 +73,21 @@ def test_reap_lists_then_removes_only_orphans(fstack: FaultStack) -> None:
     # the live computer's domain and overlay, the real masters
     stranger = f"stranger{uuid.uuid4().hex[:4]}_{img}-v0"
     stranger_disk = ds / f"{stranger}.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(fstack.master), str(stranger_disk)], check=True)
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            str(fstack.master),
+            str(stranger_disk),
+        ],
+        check=True,
+    )
     _domain(f"flt{fstack.run_id}x_{stranger}", str(stranger_disk))
     fake_master = ds / f"{live_short}_{img}-v9.qcow2"  # overlay-shaped name, but no backing file
     make_master(fake_master)
