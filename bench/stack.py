@@ -10,7 +10,6 @@ import contextlib
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import libvirt
 import redis
 from sqlalchemy import text
 
+from tests.support.celery_worker import CeleryWorker, start_celery_worker
 from tests.support.db import create_test_database, drop_test_database
 from tests.support.libvirt_env import ensure_isolated_network, remove_network
 from worker.app import app, configure, vmhost_queue
@@ -79,23 +79,6 @@ def remove_domains(prefix: str) -> None:
 
 
 @dataclass
-class WorkerProc:
-    proc: subprocess.Popen[bytes]
-    name: str
-    concurrency: int
-    log: Path
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@dataclass
 class BenchStack:
     run_id: str
     settings: Settings
@@ -111,7 +94,7 @@ class BenchStack:
     vmhost: str
     queue: str
     shorts: list[str]
-    worker: WorkerProc | None = None
+    worker: CeleryWorker | None = None
     extra_dbs: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ setup / teardown
@@ -140,21 +123,8 @@ class BenchStack:
                 shutdown_retry_interval=1,
                 lock_wait=600,
             )
-            env = dict(os.environ)
-            env.update(
-                {
-                    "VCL_DATABASE_URL": settings.database_url,
-                    "CELERY_BROKER_URL": settings.broker_url,
-                    "CELERY_RESULT_BACKEND": settings.result_backend,
-                    "VCL_LOCK_REDIS_URL": settings.lock_redis_url,
-                    "VCL_LOCK_DIR": settings.lock_dir,
-                    # No-OS guests never answer ACPI: destroy them after 1 s instead of 60 s.
-                    "VCL_SHUTDOWN_TIMEOUT": "1",
-                    "VCL_SHUTDOWN_RETRY_INTERVAL": "1",
-                    "VCL_LOCK_WAIT": "600",
-                    "VCL_LOG_LEVEL": "WARNING",
-                }
-            )
+            # No-OS guests never answer ACPI: shutdown_timeout=1 destroys them after 1 s, not 60 s.
+            env = {**os.environ, **settings.to_env(), "VCL_LOG_LEVEL": "WARNING"}
             engine = make_engine(db_url)
             sf = make_session_factory(engine)
             store = VclStore(sf)
@@ -238,32 +208,16 @@ class BenchStack:
                 drop_test_database(url)
 
     # ------------------------------------------------------------------ worker
-    def start_worker(self, concurrency: int) -> WorkerProc:
+    def start_worker(self, concurrency: int) -> CeleryWorker:
         if self.worker is not None and self.worker.concurrency == concurrency:
             return self.worker
         self.stop_worker()
         RESULTS.mkdir(parents=True, exist_ok=True)
-        name = f"bench-{uuid.uuid4().hex[:6]}@{self.vmhost}"
-        log = RESULTS / f"worker-c{concurrency}.log"
-        proc = subprocess.Popen(
-            [
-                str(VENV_BIN / "celery"), "-A", "worker.app", "worker", "-Q", self.queue, "-n", name,
-                "--pool", "prefork", "-c", str(concurrency), "-E", "-l", "WARNING",
-            ],
-            env=self.env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
+        self.worker = start_celery_worker(
+            self.env, [self.queue], RESULTS, host=self.vmhost, prefix="bench", concurrency=concurrency,
+            loglevel="WARNING",
         )  # fmt: skip
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"celery worker exited early:\n{log.read_text()[-3000:]}")
-            if app.control.ping(destination=[name], timeout=1.0):
-                self.worker = WorkerProc(proc, name, concurrency, log)
-                return self.worker
-        proc.kill()
-        raise RuntimeError(f"celery worker did not answer ping:\n{log.read_text()[-3000:]}")
+        return self.worker
 
     def stop_worker(self) -> None:
         if self.worker is not None:

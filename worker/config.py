@@ -91,32 +91,43 @@ class Settings:
         """Per-computer lock TTL: above the longest hard time limit so a live task never loses it."""
         return max(self.capture_time_limit, self.load_time_limit) + 300
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables (for a worker subprocess): ``from_env`` inverted."""
+        return {name: str(getattr(self, attr)) for name, attr in _ENV_NAMES.items()}
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        d = cls()
-        broker = env.get("CELERY_BROKER_URL", d.broker_url)
-        return cls(
-            database_url=env.get("VCL_DATABASE_URL", d.database_url),
-            broker_url=broker,
-            result_backend=env.get("CELERY_RESULT_BACKEND", d.result_backend),
-            lock_redis_url=env.get("VCL_LOCK_REDIS_URL", d.lock_redis_url),
-            libvirt_uri=env.get("VCL_LIBVIRT_URI", d.libvirt_uri),
-            vnc_listen=env.get("VCL_VNC_LISTEN", d.vnc_listen),
-            lock_dir=env.get("VCL_LOCK_DIR", d.lock_dir),
-            shutdown_timeout=_int(env, "VCL_SHUTDOWN_TIMEOUT", d.shutdown_timeout),
-            shutdown_retry_interval=_int(env, "VCL_SHUTDOWN_RETRY_INTERVAL", d.shutdown_retry_interval),
-            qemu_img_convert_timeout=_int(env, "VCL_QEMU_IMG_CONVERT_TIMEOUT", d.qemu_img_convert_timeout),
-            qemu_img_info_timeout=_int(env, "VCL_QEMU_IMG_INFO_TIMEOUT", d.qemu_img_info_timeout),
-            management_node_id=_int(env, "VCL_MANAGEMENT_NODE_ID", d.management_node_id),
-            load_soft_time_limit=_int(env, "VCL_LOAD_SOFT_TIME_LIMIT", d.load_soft_time_limit),
-            load_time_limit=_int(env, "VCL_LOAD_TIME_LIMIT", d.load_time_limit),
-            capture_soft_time_limit=_int(env, "VCL_CAPTURE_SOFT_TIME_LIMIT", d.capture_soft_time_limit),
-            capture_time_limit=_int(env, "VCL_CAPTURE_TIME_LIMIT", d.capture_time_limit),
-            lock_wait=_int(env, "VCL_LOCK_WAIT", d.lock_wait),
-            worker_concurrency=_int(env, "VCL_WORKER_CONCURRENCY", d.worker_concurrency),
-            log_level=env.get("VCL_LOG_LEVEL", d.log_level),
-        )
+        defaults = cls()
+        values: dict[str, str | int] = {}
+        for name, attr in _ENV_NAMES.items():
+            default = getattr(defaults, attr)
+            values[attr] = _int(env, name, default) if isinstance(default, int) else env.get(name, default)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+# Environment variable → Settings field; from_env and to_env both follow it.
+_ENV_NAMES: dict[str, str] = {
+    "VCL_DATABASE_URL": "database_url",
+    "CELERY_BROKER_URL": "broker_url",
+    "CELERY_RESULT_BACKEND": "result_backend",
+    "VCL_LOCK_REDIS_URL": "lock_redis_url",
+    "VCL_LIBVIRT_URI": "libvirt_uri",
+    "VCL_VNC_LISTEN": "vnc_listen",
+    "VCL_LOCK_DIR": "lock_dir",
+    "VCL_SHUTDOWN_TIMEOUT": "shutdown_timeout",
+    "VCL_SHUTDOWN_RETRY_INTERVAL": "shutdown_retry_interval",
+    "VCL_QEMU_IMG_CONVERT_TIMEOUT": "qemu_img_convert_timeout",
+    "VCL_QEMU_IMG_INFO_TIMEOUT": "qemu_img_info_timeout",
+    "VCL_MANAGEMENT_NODE_ID": "management_node_id",
+    "VCL_LOAD_SOFT_TIME_LIMIT": "load_soft_time_limit",
+    "VCL_LOAD_TIME_LIMIT": "load_time_limit",
+    "VCL_CAPTURE_SOFT_TIME_LIMIT": "capture_soft_time_limit",
+    "VCL_CAPTURE_TIME_LIMIT": "capture_time_limit",
+    "VCL_LOCK_WAIT": "lock_wait",
+    "VCL_WORKER_CONCURRENCY": "worker_concurrency",
+    "VCL_LOG_LEVEL": "log_level",
+}
 
 
 @functools.cache

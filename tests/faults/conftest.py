@@ -24,6 +24,7 @@ import libvirt
 import pytest
 from sqlalchemy import text
 
+from tests.support.celery_worker import CeleryWorker, start_celery_worker
 from tests.support.db import schema_path
 from tests.support.libvirt_env import cleanup_domains, ensure_isolated_network, remove_network, sha256
 from worker.app import app, configure, vmhost_queue
@@ -313,19 +314,7 @@ def fstack() -> Iterator[FaultStack]:
             shutdown_retry_interval=1,
             lock_wait=240,
         )
-        env = dict(os.environ)
-        env.update(
-            {
-                "VCL_DATABASE_URL": db_url,
-                "CELERY_BROKER_URL": settings.broker_url,
-                "CELERY_RESULT_BACKEND": settings.result_backend,
-                "VCL_LOCK_REDIS_URL": settings.lock_redis_url,
-                "VCL_LOCK_DIR": settings.lock_dir,
-                "VCL_SHUTDOWN_TIMEOUT": "2",
-                "VCL_SHUTDOWN_RETRY_INTERVAL": "1",
-                "VCL_LOCK_WAIT": "240",
-            }
-        )
+        env = {**os.environ, **settings.to_env()}
         env.pop("VCL_FAILPOINT", None)
         engine = make_engine(db_url)
         sf = make_session_factory(engine)
@@ -381,44 +370,22 @@ def fstack() -> Iterator[FaultStack]:
 # ---------------------------------------------------------------------- celery workers
 
 
-@dataclass
-class Worker:
-    proc: subprocess.Popen[bytes]
-    name: str
-    log: Path
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:]
+Worker = CeleryWorker
 
 
 def start_worker(
     fs: FaultStack, queues: list[str] | None = None, concurrency: int = 2, **env_extra: str
 ) -> Worker:
-    name = f"flt-{uuid.uuid4().hex[:6]}@{fs.vmhost}"
-    log = fs.tmp / f"{name.replace('@', '_')}.log"
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "celery"), "-A", "worker.app", "worker", "-Q", ",".join(queues or [fs.queue]),
-         "-n", name, "--pool", "prefork", "-c", str(concurrency), "-E", "-l", "INFO", "--without-mingle",
-         "--without-gossip"],
-        env={**fs.env, **env_extra}, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"celery worker exited early:\n{log.read_text()[-3000:]}")
-        if app.control.ping(destination=[name], timeout=1.0):
-            return Worker(proc, name, log)
-    proc.kill()
-    raise RuntimeError(f"celery worker did not answer ping:\n{log.read_text()[-3000:]}")
+    return start_celery_worker(
+        {**fs.env, **env_extra},
+        queues or [fs.queue],
+        fs.tmp,
+        host=fs.vmhost,
+        prefix="flt",
+        concurrency=concurrency,
+        extra_args=("--without-mingle", "--without-gossip"),
+        timeout=60,
+    )
 
 
 @contextlib.contextmanager

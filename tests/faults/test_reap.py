@@ -1,4 +1,3 @@
-# ruff: noqa: E501
 """``vcl-worker reap [--apply] --vmhost``: lists, then removes, only orphan domains and overlays."""
 
 from __future__ import annotations

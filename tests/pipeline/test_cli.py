@@ -8,10 +8,9 @@ import uuid
 
 from sqlalchemy import text
 
-from worker.app import app
 from worker.db.seed import create_request
 
-from .conftest import VENV_BIN, Stack, WorkerProcess
+from .conftest import VENV_BIN, CeleryWorker, Stack
 
 
 def vcl_worker(stack: Stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -20,7 +19,7 @@ def vcl_worker(stack: Stack, *args: str, timeout: float = 300) -> subprocess.Com
     )
 
 
-def test_enqueue_wait_and_status(stack: Stack, celery_worker_proc: WorkerProcess) -> None:
+def test_enqueue_wait_and_status(stack: Stack, celery_worker_proc: CeleryWorker) -> None:
     site = stack.site
     req, res = create_request(
         stack.sf,
@@ -46,7 +45,7 @@ def test_enqueue_wait_and_status(stack: Stack, celery_worker_proc: WorkerProcess
 
 
 def test_enqueue_for_a_request_in_another_state_is_skipped(
-    stack: Stack, celery_worker_proc: WorkerProcess
+    stack: Stack, celery_worker_proc: CeleryWorker
 ) -> None:
     """A reservation whose request is not in the task's state is skipped, not loaded twice."""
     site = stack.site
@@ -65,7 +64,7 @@ def test_enqueue_for_a_request_in_another_state_is_skipped(
     assert stack.store.request_states(req) == ("reserved", "new")
 
 
-def test_dispatch_once(stack: Stack, celery_worker_proc: WorkerProcess) -> None:
+def test_dispatch_once(stack: Stack, celery_worker_proc: CeleryWorker) -> None:
     site = stack.site
     req, res = create_request(
         stack.sf,
@@ -98,7 +97,7 @@ def test_worker_command_consumes_the_host_queue(stack: Stack) -> None:
         deadline = time.monotonic() + 60
         queues: list[str] = []
         while time.monotonic() < deadline and not queues:
-            active = app.control.inspect(destination=[f"vcl@{host}"], timeout=1.0).active_queues() or {}
+            active = stack.app.control.inspect(destination=[f"vcl@{host}"], timeout=1.0).active_queues() or {}
             queues = [q["name"] for q in active.get(f"vcl@{host}", [])]
         assert queues == [f"vmhost.{host}"]
     finally:
@@ -106,7 +105,7 @@ def test_worker_command_consumes_the_host_queue(stack: Stack) -> None:
         proc.wait(timeout=60)
 
 
-def test_enqueue_failure_exits_nonzero(stack: Stack, celery_worker_proc: WorkerProcess) -> None:
+def test_enqueue_failure_exits_nonzero(stack: Stack, celery_worker_proc: CeleryWorker) -> None:
     """A revision whose master exists nowhere fails the request (failed/new) and the command exits 1."""
     site = stack.site
     with stack.sf.begin() as s:
@@ -129,7 +128,7 @@ def test_enqueue_failure_exits_nonzero(stack: Stack, celery_worker_proc: WorkerP
     assert "ImageNotFoundError" in out.stderr
     # A permanent error is never retried.
     task_id = out.stdout.split("task ", 1)[1].split()[0]
-    failed = app.AsyncResult(task_id)
+    failed = stack.app.AsyncResult(task_id)
     assert failed.state == "FAILURE"
     assert failed.retries == 0
     assert stack.store.request_states(req) == ("failed", "new")

@@ -16,11 +16,10 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from worker.app import app
 from worker.db.seed import create_capture_request, create_request, create_tomaintenance_request
 from worker.dispatcher import dispatch_once
 
-from .conftest import VENV_BIN, Stack, WorkerProcess, qemu_img_info
+from .conftest import VENV_BIN, CeleryWorker, Stack, qemu_img_info
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -30,12 +29,12 @@ def sha256(path: Path) -> str:
 
 
 def dispatch_and_wait(stack: Stack, timeout: float = 300) -> tuple[Any, dict[str, Any]]:
-    done = dispatch_once(stack.store, app, stack.site.management_node_id)
+    done = dispatch_once(stack.store, stack.app, stack.site.management_node_id)
     enqueued = [d for d in done if d.action == "enqueued"]
     assert len(enqueued) == 1, done
     d = enqueued[0]
     assert d.queue == stack.queue
-    value = app.AsyncResult(d.task_id).get(timeout=timeout, propagate=True)
+    value = stack.app.AsyncResult(d.task_id).get(timeout=timeout, propagate=True)
     return d, value
 
 
@@ -85,7 +84,7 @@ def flower(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Any:
     proc.wait(timeout=30)
 
 
-def test_full_cycle(stack: Stack, celery_worker_proc: WorkerProcess, flower: str) -> None:
+def test_full_cycle(stack: Stack, celery_worker_proc: CeleryWorker, flower: str) -> None:
     site = stack.site
     computer_id = site.computer_ids[0]
     short = computer_short(stack, 0)
@@ -191,7 +190,7 @@ def test_full_cycle(stack: Stack, celery_worker_proc: WorkerProcess, flower: str
     assert {"vcl.load", "vcl.capture", "vcl.reload", "vcl.maintenance"} <= finished
 
 
-def test_celery_cli_inspect_and_call(stack: Stack, celery_worker_proc: WorkerProcess) -> None:
+def test_celery_cli_inspect_and_call(stack: Stack, celery_worker_proc: CeleryWorker) -> None:
     out = subprocess.run(
         [
             str(VENV_BIN / "celery"),
@@ -230,13 +229,13 @@ def test_celery_cli_inspect_and_call(stack: Stack, celery_worker_proc: WorkerPro
     )
     assert call.returncode == 0, call.stderr
     task_id = call.stdout.strip().splitlines()[-1]
-    value = app.AsyncResult(task_id).get(timeout=300)
+    value = stack.app.AsyncResult(task_id).get(timeout=300)
     assert value["request_state"] == "reserved"
     assert stack.store.request_states(req) == ("reserved", "new")
 
 
 def test_duplicate_delivery_converges_and_never_overlaps(
-    stack: Stack, celery_worker_proc: WorkerProcess
+    stack: Stack, celery_worker_proc: CeleryWorker
 ) -> None:
     site = stack.site
     computer_id = site.computer_ids[1]
@@ -249,8 +248,8 @@ def test_duplicate_delivery_converges_and_never_overlaps(
         management_node_id=site.management_node_id,
     )
     # The same task delivered twice at once (two workers children, concurrency 2).
-    first = app.send_task("vcl.load", args=[res], queue=stack.queue)
-    second = app.send_task("vcl.load", args=[res], queue=stack.queue)
+    first = stack.app.send_task("vcl.load", args=[res], queue=stack.queue)
+    second = stack.app.send_task("vcl.load", args=[res], queue=stack.queue)
     results = [first.get(timeout=300), second.get(timeout=300)]
     assert stack.store.request_states(req) == ("reserved", "new")
     doms = domains_of(stack, short)
@@ -268,7 +267,7 @@ def test_duplicate_delivery_converges_and_never_overlaps(
         assert a1 <= b0, spans
 
 
-def test_two_tasks_for_one_computer_are_serialised(stack: Stack, celery_worker_proc: WorkerProcess) -> None:
+def test_two_tasks_for_one_computer_are_serialised(stack: Stack, celery_worker_proc: CeleryWorker) -> None:
     """Two different requests for one computer (a reload right behind a load) run one after the other."""
     site = stack.site
     computer_id = site.computer_ids[1]
@@ -293,7 +292,7 @@ def test_two_tasks_for_one_computer_are_serialised(stack: Stack, celery_worker_p
     results: list[dict[str, Any]] = []
 
     def go(res: int) -> None:
-        results.append(app.send_task("vcl.reload", args=[res], queue=stack.queue).get(timeout=300))
+        results.append(stack.app.send_task("vcl.reload", args=[res], queue=stack.queue).get(timeout=300))
 
     threads = [threading.Thread(target=go, args=(r,)) for r in (res1, res2)]
     for t in threads:
