@@ -272,7 +272,7 @@ def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
             f"{r.seconds:.1f}",
             r.request_state,
             r.computer_state,
-            r.detail[:80],
+            r.detail,
         )
     console.print(table)
     if ok and len(results) == 4:
