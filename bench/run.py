@@ -23,7 +23,7 @@ from bench.stack import RESULTS, BenchStack
 
 ALL = ("B1", "B2", "B3", "B4", "B5")  # B6 (memory) is sampled during B2
 DEFAULT_REPEAT = {"B1": 15, "B2": 2, "B3": 3, "B4": 3, "B5": 15}
-DEFAULT_SWEEP = (1, 2, 3, 4)
+DEFAULT_SWEEP = (2, 4, 6, 8)
 
 
 def _version(v: int) -> str:
