@@ -77,8 +77,8 @@ class Settings:
     # Seconds a task waits for another task's per-computer lock before it is retried.
     lock_wait: int = 300
     # Worker concurrency (prefork children). A load mostly waits on libvirt/QEMU start-up, so more
-    # children than cores pays off; README "Benchmarks" (B2) has the sweep behind 6.
-    worker_concurrency: int = 6
+    # children than cores pays off; README "Benchmarks" (B2) has the sweep behind 8.
+    worker_concurrency: int = 8
     log_level: str = "INFO"
 
     @property
