@@ -29,7 +29,7 @@ from tests.support.libvirt_env import (
 from worker.app import make_app, vmhost_queue
 from worker.config import Settings
 from worker.db.engine import make_engine, make_session_factory
-from worker.db.seed import SeededSite, SiteSpec, seed_site
+from worker.db.seed import SeededSite, SiteSpec, create_request, seed_site
 from worker.db.store import VclStore
 from worker.tasks import runtime
 
@@ -57,6 +57,20 @@ class Stack:
 
     def conn(self) -> libvirt.virConnect:
         return libvirt.open(self.settings.libvirt_uri)
+
+    def new_request(
+        self, index: int, state: str = "new", imagerevision_id: int | None = None
+    ) -> tuple[int, int]:
+        """A request + reservation on computer ``index`` as the web front end inserts them."""
+        return create_request(
+            self.sf,
+            computer_id=self.site.computer_ids[index],
+            image_id=self.site.image_id,
+            imagerevision_id=imagerevision_id or self.site.imagerevision_id,
+            management_node_id=self.site.management_node_id,
+            state=state,
+            laststate=state,
+        )
 
 
 @pytest.fixture(scope="session")

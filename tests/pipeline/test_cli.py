@@ -20,14 +20,7 @@ def vcl_worker(stack: Stack, *args: str, timeout: float = 300) -> subprocess.Com
 
 
 def test_enqueue_wait_and_status(stack: Stack, celery_worker_proc: CeleryWorker) -> None:
-    site = stack.site
-    req, res = create_request(
-        stack.sf,
-        computer_id=site.computer_ids[1],
-        image_id=site.image_id,
-        imagerevision_id=site.imagerevision_id,
-        management_node_id=site.management_node_id,
-    )
+    req, res = stack.new_request(1)
     out = vcl_worker(stack, "enqueue", "load", str(res), "--wait", "--timeout", "240")
     assert out.returncode == 0, out.stderr + out.stdout
     assert '"request_state": "reserved"' in out.stdout
@@ -66,15 +59,7 @@ def test_enqueue_for_a_request_in_another_state_is_skipped(
 
 def test_dispatch_once(stack: Stack, celery_worker_proc: CeleryWorker) -> None:
     site = stack.site
-    req, res = create_request(
-        stack.sf,
-        computer_id=site.computer_ids[1],
-        image_id=site.image_id,
-        imagerevision_id=site.imagerevision_id,
-        management_node_id=site.management_node_id,
-        state="reload",
-        laststate="reload",
-    )
+    req, res = stack.new_request(1, "reload")
     out = vcl_worker(stack, "dispatch", "--once", "--management-node", str(site.management_node_id))
     assert out.returncode == 0, out.stderr
     assert f"request {req} reservation {res} [reload] enqueued vcl.reload on {stack.queue}" in out.stdout
@@ -116,13 +101,7 @@ def test_enqueue_failure_exits_nonzero(stack: Stack, celery_worker_proc: CeleryW
             ),
             {"img": site.image_id, "name": f"vmwarelinux-missing{stack.run_id}-v77"},
         ).lastrowid
-    req, res = create_request(
-        stack.sf,
-        computer_id=site.computer_ids[1],
-        image_id=site.image_id,
-        imagerevision_id=rev_id,
-        management_node_id=site.management_node_id,
-    )
+    req, res = stack.new_request(1, imagerevision_id=rev_id)
     out = vcl_worker(stack, "enqueue", "load", str(res), "--wait", "--timeout", "120")
     assert out.returncode == 1
     assert "ImageNotFoundError" in out.stderr

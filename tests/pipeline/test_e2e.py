@@ -16,7 +16,7 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from worker.db.seed import create_capture_request, create_request, create_tomaintenance_request
+from worker.db.seed import create_capture_request, create_tomaintenance_request
 from worker.dispatcher import dispatch_once
 
 from .conftest import VENV_BIN, CeleryWorker, Stack, qemu_img_info
@@ -92,13 +92,7 @@ def test_full_cycle(stack: Stack, celery_worker_proc: CeleryWorker, flower: str)
     master_sum = sha256(master)
 
     # 1. new → load: domain running on an overlay of the master, request reserved.
-    _req, res = create_request(
-        stack.sf,
-        computer_id=computer_id,
-        image_id=site.image_id,
-        imagerevision_id=site.imagerevision_id,
-        management_node_id=site.management_node_id,
-    )
+    _req, res = stack.new_request(0)
     d, value = dispatch_and_wait(stack)
     assert d.task_name == "vcl.load"
     doms = domains_of(stack, short)
@@ -210,15 +204,7 @@ def test_celery_cli_inspect_and_call(stack: Stack, celery_worker_proc: CeleryWor
     assert out.returncode == 0, out.stderr
     for name in ("vcl.load", "vcl.reload", "vcl.capture", "vcl.maintenance"):
         assert name in out.stdout
-    site = stack.site
-    computer_id = site.computer_ids[1]
-    req, res = create_request(
-        stack.sf,
-        computer_id=computer_id,
-        image_id=site.image_id,
-        imagerevision_id=site.imagerevision_id,
-        management_node_id=site.management_node_id,
-    )
+    req, res = stack.new_request(1)
     # No --queue: the router finds the reservation's VM host queue in the VCL database.
     call = subprocess.run(
         [str(VENV_BIN / "celery"), "-A", "worker.app", "call", "vcl.load", "--args", f"[{res}]"],
@@ -237,16 +223,8 @@ def test_celery_cli_inspect_and_call(stack: Stack, celery_worker_proc: CeleryWor
 def test_duplicate_delivery_converges_and_never_overlaps(
     stack: Stack, celery_worker_proc: CeleryWorker
 ) -> None:
-    site = stack.site
-    computer_id = site.computer_ids[1]
     short = computer_short(stack, 1)
-    req, res = create_request(
-        stack.sf,
-        computer_id=computer_id,
-        image_id=site.image_id,
-        imagerevision_id=site.imagerevision_id,
-        management_node_id=site.management_node_id,
-    )
+    req, res = stack.new_request(1)
     # The same task delivered twice at once (two workers children, concurrency 2).
     first = stack.app.send_task("vcl.load", args=[res], queue=stack.queue)
     second = stack.app.send_task("vcl.load", args=[res], queue=stack.queue)
@@ -269,26 +247,8 @@ def test_duplicate_delivery_converges_and_never_overlaps(
 
 def test_two_tasks_for_one_computer_are_serialised(stack: Stack, celery_worker_proc: CeleryWorker) -> None:
     """Two different requests for one computer (a reload right behind a load) run one after the other."""
-    site = stack.site
-    computer_id = site.computer_ids[1]
-    _r1, res1 = create_request(
-        stack.sf,
-        computer_id=computer_id,
-        image_id=site.image_id,
-        imagerevision_id=site.imagerevision_id,
-        management_node_id=site.management_node_id,
-        state="reload",
-        laststate="reload",
-    )
-    _r2, res2 = create_request(
-        stack.sf,
-        computer_id=computer_id,
-        image_id=site.image_id,
-        imagerevision_id=site.imagerevision_id,
-        management_node_id=site.management_node_id,
-        state="reload",
-        laststate="reload",
-    )
+    _r1, res1 = stack.new_request(1, "reload")
+    _r2, res2 = stack.new_request(1, "reload")
     results: list[dict[str, Any]] = []
 
     def go(res: int) -> None:
