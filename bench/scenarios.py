@@ -9,19 +9,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import psutil
-from sqlalchemy import event, insert, text
+from sqlalchemy import event
 
 from bench.stack import BenchStack, make_data_image, open_libvirt, run
-from tests.support.db import create_test_database
+from tests.support.db import create_test_database, seed_poll_requests
 from tests.support.libvirt_env import qemu_img_info
 from worker.config import Settings
-from worker.db import models as m
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.seed import SiteSpec, create_capture_request, seed_site
 from worker.db.store import VclStore
@@ -528,57 +526,8 @@ def counting(engine: Any) -> Iterator[list[tuple[str, Any]]]:
 
 
 def _seed_poll_db(sf: Any, site: Any) -> None:
-    """test_due_requests.py's 10,000 rows vcld has nothing to do with + 100 due ``new`` requests."""
-    with sf() as s:
-        now = s.execute(text("SELECT NOW()")).scalar_one()
-    cid = site.computer_ids[0]
-    with sf.begin() as s:
-        ids = {n: i for n, i in s.execute(text("SELECT name, id FROM state")).all()}
-        kinds: list[tuple[str, str, datetime, datetime]] = []
-        for i in range(10_000):
-            k = i % 4
-            if k == 0:
-                kinds.append(
-                    (
-                        "new",
-                        "new",
-                        now + timedelta(days=1 + i % 30),
-                        now + timedelta(days=1 + i % 30, hours=2),
-                    )
-                )
-            elif k == 1:
-                kinds.append(("complete", "inuse", now - timedelta(hours=1), now + timedelta(hours=3)))
-            elif k == 2:
-                kinds.append(("failed", "reserved", now - timedelta(hours=1), now + timedelta(hours=3)))
-            else:
-                kinds.append(
-                    ("reload", "reload", now + timedelta(hours=3 + i % 50), now + timedelta(hours=4 + i % 50))
-                )
-        for i in range(100):
-            kinds.append(("new", "new", now - timedelta(minutes=i % 5), now + timedelta(hours=1)))
-        reqs = [
-            {
-                "stateid": ids[st],
-                "laststateid": ids[lst],
-                "userid": 1,
-                "start": a,
-                "end": b,
-                "daterequested": now,
-            }
-            for st, lst, a, b in kinds
-        ]
-        first = s.execute(text("SELECT COALESCE(MAX(id), 0) FROM request")).scalar_one()
-        s.execute(insert(m.Request), reqs)
-        s.execute(
-            insert(m.Reservation),
-            [
-                {"requestid": first + 1 + j, "computerid": cid, "imageid": site.image_id,
-                 "imagerevisionid": site.imagerevision_id, "managementnodeid": site.management_node_id}
-                for j in range(len(reqs))
-            ],
-        )  # fmt: skip
-    with sf() as s:
-        s.execute(text("ANALYZE TABLE reservation, request"))
+    """The same 10,000 + 100 requests as tests/db/test_due_requests.py."""
+    seed_poll_requests(sf, site)
 
 
 def _timeit(fn: Callable[[], Any], n: int) -> list[float]:

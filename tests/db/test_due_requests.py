@@ -6,12 +6,12 @@ import statistics
 import time
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.db.conftest import unique_spec
 from tests.db.helpers import execute
-from worker.db import models as m
+from tests.support.db import seed_poll_requests
 from worker.db.seed import SeededSite, create_request, seed_site
 from worker.db.store import VclStore, check_time
 
@@ -111,48 +111,7 @@ def test_find_due_requests_is_fast(sf: sessionmaker[Session], store: VclStore) -
     """10,000 reservations vcld has nothing to do with (future reservations, finished requests that
     are not removable yet, inuse requests checked recently) + 100 due ones, one management node."""
     site = seed_site(sf, unique_spec(vm_hostnames=tuple(f"bench{i}.example.org" for i in range(1))))
-    now = _now(sf)
-    cid = site.computer_ids[0]
-    with sf.begin() as s:
-        ids = {n: i for n, i in s.execute(text("SELECT name, id FROM state")).all()}
-        reqs: list[dict[str, object]] = []
-        kinds: list[tuple[str, str, datetime, datetime]] = []
-        for i in range(10_000):
-            k = i % 4
-            if k == 0:  # future reservation
-                kinds.append(
-                    (
-                        "new",
-                        "new",
-                        now + timedelta(days=1 + i % 30),
-                        now + timedelta(days=1 + i % 30, hours=2),
-                    )
-                )
-            elif k == 1:  # finished early, end not reached yet
-                kinds.append(("complete", "inuse", now - timedelta(hours=1), now + timedelta(hours=3)))
-            elif k == 2:
-                kinds.append(("failed", "reserved", now - timedelta(hours=1), now + timedelta(hours=3)))
-            else:  # future reload
-                kinds.append(
-                    ("reload", "reload", now + timedelta(hours=3 + i % 50), now + timedelta(hours=4 + i % 50))
-                )
-        for i in range(100):
-            kinds.append(("new", "new", now - timedelta(minutes=i % 5), now + timedelta(hours=1)))
-        for st, lst, start, end in kinds:
-            reqs.append({"stateid": ids[st], "laststateid": ids[lst], "userid": 1, "start": start, "end": end,
-                         "daterequested": now})  # fmt: skip
-        first = s.execute(text("SELECT COALESCE(MAX(id), 0) FROM request")).scalar_one()
-        s.execute(insert(m.Request), reqs)
-        s.execute(
-            insert(m.Reservation),
-            [
-                {"requestid": first + 1 + j, "computerid": cid, "imageid": site.image_id,
-                 "imagerevisionid": site.imagerevision_id, "managementnodeid": site.management_node_id}
-                for j in range(len(reqs))
-            ],
-        )  # fmt: skip
-    with sf() as s:
-        s.execute(text("ANALYZE TABLE reservation, request"))
+    seed_poll_requests(sf, site)
     store.find_due_requests(site.management_node_id)  # warm up (state cache, connection)
     timings = []
     for _ in range(7):

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
+
+from worker.db import models as m
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SCHEMA = REPO.parent / "shared" / "vcl" / "vcl.sql"
@@ -52,3 +57,59 @@ def drop_test_database(url: str) -> None:
 
 
 __all__ = ["create_test_database", "drop_test_database", "schema_path"]
+
+
+def seed_poll_requests(sf: Any, site: Any, finished: int = 10_000, due: int = 100) -> None:
+    """The dispatcher-poll load: ``finished`` reservations vcld has nothing to do with yet (future
+    reservations and reloads, complete/failed requests whose end has not passed) plus ``due`` ``new``
+    requests starting now, all on ``site``'s management node (test_due_requests and bench B5)."""
+    with sf() as s:
+        now = s.execute(text("SELECT NOW()")).scalar_one()
+    cid = site.computer_ids[0]
+    with sf.begin() as s:
+        ids = {n: i for n, i in s.execute(text("SELECT name, id FROM state")).all()}
+        kinds: list[tuple[str, str, datetime, datetime]] = []
+        for i in range(finished):
+            k = i % 4
+            if k == 0:
+                kinds.append(
+                    (
+                        "new",
+                        "new",
+                        now + timedelta(days=1 + i % 30),
+                        now + timedelta(days=1 + i % 30, hours=2),
+                    )
+                )
+            elif k == 1:
+                kinds.append(("complete", "inuse", now - timedelta(hours=1), now + timedelta(hours=3)))
+            elif k == 2:
+                kinds.append(("failed", "reserved", now - timedelta(hours=1), now + timedelta(hours=3)))
+            else:
+                kinds.append(
+                    ("reload", "reload", now + timedelta(hours=3 + i % 50), now + timedelta(hours=4 + i % 50))
+                )
+        for i in range(due):
+            kinds.append(("new", "new", now - timedelta(minutes=i % 5), now + timedelta(hours=1)))
+        reqs = [
+            {
+                "stateid": ids[st],
+                "laststateid": ids[lst],
+                "userid": 1,
+                "start": a,
+                "end": b,
+                "daterequested": now,
+            }
+            for st, lst, a, b in kinds
+        ]
+        first = s.execute(text("SELECT COALESCE(MAX(id), 0) FROM request")).scalar_one()
+        s.execute(insert(m.Request), reqs)
+        s.execute(
+            insert(m.Reservation),
+            [
+                {"requestid": first + 1 + j, "computerid": cid, "imageid": site.image_id,
+                 "imagerevisionid": site.imagerevision_id, "managementnodeid": site.management_node_id}
+                for j in range(len(reqs))
+            ],
+        )  # fmt: skip
+    with sf() as s:
+        s.execute(text("ANALYZE TABLE reservation, request"))
