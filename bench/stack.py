@@ -25,12 +25,12 @@ from sqlalchemy import text
 from tests.support.celery_worker import CeleryWorker, start_celery_worker
 from tests.support.db import create_test_database, drop_test_database
 from tests.support.libvirt_env import ensure_isolated_network, remove_network
+from worker import wiring as runtime
 from worker.app import app, configure, vmhost_queue
 from worker.config import Settings
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.seed import SeededSite, SiteSpec, create_request, seed_site
 from worker.db.store import VclStore
-from worker.tasks import runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

@@ -40,7 +40,7 @@ def route_task(
         reservation_id = kwargs.get("reservation_id")
     if reservation_id is None:
         return None
-    from worker.tasks.runtime import vmhost_for_reservation
+    from worker.wiring import vmhost_for_reservation
 
     host = vmhost_for_reservation(int(reservation_id))
     if host is None:

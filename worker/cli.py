@@ -7,21 +7,15 @@ import contextlib
 import json
 import logging
 import sys
-import time
 from typing import Any
 
+from worker.actions import BY_NAME
 from worker.config import get_settings, redact_url
-
-ACTIONS = {
-    "load": "vcl.load",
-    "reload": "vcl.reload",
-    "capture": "vcl.capture",
-    "maintenance": "vcl.maintenance",
-}
+from worker.progress_view import wait_with_progress
 
 
 def _store() -> Any:
-    from worker.tasks import runtime
+    from worker import wiring as runtime
 
     return runtime.store()
 
@@ -53,49 +47,19 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
-def wait_with_progress(result: Any, timeout: float | None = None) -> tuple[str, Any]:
-    """Follow a task's PROGRESS states with a rich progress bar until it finishes."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>5.1f}%"),
-        TextColumn("{task.fields[stage]}"),
-        TimeElapsedColumn(),
-        transient=False,
-    ) as progress:
-        bar = progress.add_task(result.id[:8], total=100.0, stage="queued")
-        while True:
-            state = result.state
-            if state == "PROGRESS" and isinstance(result.info, dict):
-                progress.update(
-                    bar,
-                    completed=float(result.info.get("percent", 0.0)),
-                    stage=str(result.info.get("stage", "")),
-                )
-            elif state == "STARTED":
-                progress.update(bar, stage="started")
-            elif state in {"SUCCESS", "FAILURE", "REVOKED"}:
-                progress.update(bar, completed=100.0 if state == "SUCCESS" else None, stage=state.lower())
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                return "TIMEOUT", None
-            time.sleep(0.25)
-    return result.state, result.result
-
-
 def cmd_enqueue(args: argparse.Namespace) -> int:
+    from worker import wiring as runtime
     from worker.app import app
-    from worker.tasks import runtime
 
     options: dict[str, Any] = {}
     if args.queue:
         options["queue"] = args.queue
-    result = app.send_task(ACTIONS[args.action], args=[args.reservation_id], **options)
+    task_name = BY_NAME[args.action].task_name
+    result = app.send_task(task_name, args=[args.reservation_id], **options)
     runtime.remember_task(args.reservation_id, result.id)
-    print(f"enqueued {ACTIONS[args.action]} for reservation {args.reservation_id}: task {result.id}")
+    print(
+        f"enqueued {BY_NAME[args.action].task_name} for reservation {args.reservation_id}: task {result.id}"
+    )
     if not args.wait:
         return 0
     state, value = wait_with_progress(result, timeout=args.timeout)
@@ -109,8 +73,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from celery.result import AsyncResult
 
+    from worker import wiring as runtime
     from worker.app import app
-    from worker.tasks import runtime
 
     store = runtime.store()
     found = store.reservation_request(args.reservation_id)
@@ -178,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dispatch)
 
     p = sub.add_parser("enqueue", help="enqueue a task for a reservation (the scheduler's direct path)")
-    p.add_argument("action", choices=sorted(ACTIONS))
+    p.add_argument("action", choices=sorted(BY_NAME))
     p.add_argument("reservation_id", type=int)
     p.add_argument("--wait", action="store_true", help="follow progress until the task ends")
     p.add_argument("--queue", default=None, help="override the VM host queue")

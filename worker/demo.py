@@ -147,8 +147,8 @@ def run_demo(keep: bool = False) -> int:
 def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
     from celery.contrib.testing.worker import start_worker
 
+    from worker import wiring as runtime
     from worker.app import app, configure, vmhost_queue
-    from worker.cli import wait_with_progress
     from worker.db.engine import make_engine, make_session_factory
     from worker.db.seed import (
         SiteSpec,
@@ -160,7 +160,7 @@ def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
     )
     from worker.db.store import VclStore
     from worker.dispatcher import dispatch_once
-    from worker.tasks import runtime
+    from worker.progress_view import wait_with_progress
 
     _ensure_network(settings.libvirt_uri)
     engine = make_engine(settings.database_url)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from celery import Celery
 
+from worker.actions import BY_STATE
 from worker.app import vmhost_queue
 from worker.db.store import ClaimOutcome, DueRequest, VclStore
-from worker.tasks.provisioning import TASK_FOR_STATE
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Dispatched:
 
 def dispatch_once(store: VclStore, celery_app: Celery, management_node_id: int) -> list[Dispatched]:
     """One pass of vcld's loop for ``management_node_id``; returns what was done with each request."""
-    from worker.tasks import runtime
+    from worker import wiring as runtime
 
     store.update_lastcheckin(management_node_id)
     done: list[Dispatched] = []
@@ -50,8 +50,8 @@ def dispatch_once(store: VclStore, celery_app: Celery, management_node_id: int) 
         if due.action != "start":
             done.append(_skip(due, f"check_time={due.action}: preloading is not implemented"))
             continue
-        task_name = TASK_FOR_STATE.get(due.state)
-        if task_name is None:
+        action = BY_STATE.get(due.state)
+        if action is None:
             done.append(_skip(due, f"state {due.state} needs no provisioning"))
             continue
         if due.vmhost_short_name is None:
@@ -63,6 +63,7 @@ def dispatch_once(store: VclStore, celery_app: Celery, management_node_id: int) 
         if store.claim_request(due.request_id, due.state) is not ClaimOutcome.CLAIMED:
             done.append(_skip(due, "claimed by another dispatcher"))
             continue
+        task_name = action.task_name
         queue = vmhost_queue(due.vmhost_short_name)
         try:
             result = celery_app.send_task(task_name, args=[due.reservation_id], queue=queue)

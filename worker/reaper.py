@@ -291,8 +291,8 @@ def format_plan(plan: ReapPlan, applied: bool) -> Iterable[str]:
 
 def run_reap(apply: bool, vmhost: str | None = None) -> int:
     """CLI entry: 0 on success, 2 when the VM host cannot be determined."""
+    from worker import wiring as runtime
     from worker.hypervisors.host import get_host
-    from worker.tasks import runtime
 
     name = vmhost or os.environ.get("VCL_VMHOST")
     if not name:

@@ -14,8 +14,9 @@ import pytest
 from tests.support import libvirt_env
 from tests.support.reservations import make_reservation
 from worker.config import Settings
-from worker.hypervisors import LibvirtProvisioner, get_host
-from worker.hypervisors.reservation import Reservation
+from worker.hypervisors.host import get_host
+from worker.hypervisors.provisioner import LibvirtProvisioner
+from worker.reservation import Reservation
 
 RUN_ID = uuid.uuid4().hex[:6]
 PREFIX = f"vc{RUN_ID}"  # computer short names: vc<run>n<k>

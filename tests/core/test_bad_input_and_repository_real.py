@@ -11,13 +11,9 @@ import pytest
 
 from tests.core.conftest import files_in
 from tests.support import libvirt_env
-from worker.hypervisors import (
-    ImageCorruptError,
-    ImageNotFoundError,
-    InvalidInputError,
-    LibvirtProvisioner,
-    get_host,
-)
+from worker.hypervisors.errors import ImageCorruptError, ImageNotFoundError, InvalidInputError
+from worker.hypervisors.host import get_host
+from worker.hypervisors.provisioner import LibvirtProvisioner
 
 pytestmark = pytest.mark.real
 
@@ -140,7 +136,8 @@ def test_concurrent_processes_copy_master_once(env) -> None:  # type: ignore[no-
     code = (
         "import sys, json\n"
         "from worker.hypervisors.drivers.kvm import KVMDriver\n"
-        "from worker.hypervisors import LibvirtProvisioner, get_host\n"
+        "from worker.hypervisors.provisioner import LibvirtProvisioner\n"
+        "from worker.hypervisors.host import get_host\n"
         "from tests.support.reservations import make_reservation\n"
         "from worker.config import Settings\n"
         f"res = make_reservation(vmprofile={{'datastore_path': {str(env.images)!r}, "

@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 from tests.support import libvirt_env
-from worker.hypervisors import ImageExistsError, qemuimg
+from worker.hypervisors import qemuimg
+from worker.hypervisors.errors import ImageExistsError
 
 pytestmark = pytest.mark.real
 

@@ -6,7 +6,10 @@ import pytest
 
 from tests.support.reservations import make_reservation
 from worker.config import Settings
-from worker.hypervisors import InvalidInputError, LibvirtHost, LibvirtProvisioner, naming
+from worker.hypervisors import naming
+from worker.hypervisors.errors import InvalidInputError
+from worker.hypervisors.host import LibvirtHost
+from worker.hypervisors.provisioner import LibvirtProvisioner
 
 
 def test_vcl_reference_examples() -> None:

@@ -10,19 +10,18 @@ import libvirt
 import pytest
 
 from tests.support import libvirt_env
-from worker.hypervisors import (
+from worker.hypervisors import domain_xml as dx
+from worker.hypervisors import qemuimg
+from worker.hypervisors.drivers.base import select_driver
+from worker.hypervisors.errors import (
     DomainNotFoundError,
-    LibvirtHost,
     LibvirtPermanentError,
     LibvirtTransientError,
     NoDriverError,
     QemuImgError,
-    map_libvirt_error,
-    qemuimg,
 )
-from worker.hypervisors import domain_xml as dx
-from worker.hypervisors.drivers.base import select_driver
 from worker.hypervisors.guest import Guest
+from worker.hypervisors.host import LibvirtHost, map_libvirt_error
 
 
 def _err(code: int, domain: int, msg: str = "boom") -> libvirt.libvirtError:

@@ -27,6 +27,7 @@ from sqlalchemy import text
 from tests.support.celery_worker import CeleryWorker, start_celery_worker
 from tests.support.db import schema_path
 from tests.support.libvirt_env import cleanup_domains, ensure_isolated_network, remove_network, sha256
+from worker import wiring as runtime
 from worker.app import app, configure, vmhost_queue
 from worker.config import Settings
 from worker.db.engine import make_engine, make_session_factory
@@ -34,7 +35,6 @@ from worker.db.seed import SeededSite, SiteSpec, create_request, seed_site
 from worker.db.store import VclStore
 from worker.hypervisors.host import LibvirtHost
 from worker.reaper import plan_reap
-from worker.tasks import runtime
 
 VENV_BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]

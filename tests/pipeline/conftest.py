@@ -26,12 +26,12 @@ from tests.support.libvirt_env import (
     remove_network,
     write_pattern,
 )
+from worker import wiring as runtime
 from worker.app import make_app, vmhost_queue
 from worker.config import Settings
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.seed import SeededSite, SiteSpec, create_request, seed_site
 from worker.db.store import VclStore
-from worker.tasks import runtime
 
 __all__ = ["VENV_BIN", "CeleryWorker", "Stack", "qemu_img_info"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from worker.hypervisors.reservation import Reservation, VMProfile
+from worker.reservation import Reservation, VMProfile
 
 
 def make_vmprofile(**overrides: Any) -> VMProfile:

@@ -48,7 +48,7 @@ from worker.db.errors import (
     StateConflictError,
     VclDataError,
 )
-from worker.hypervisors.reservation import Reservation, VMProfile
+from worker.reservation import Reservation, VMProfile
 
 LIBVIRT_PERL_PACKAGE = "VCL::Module::Provisioning::libvirt"
 

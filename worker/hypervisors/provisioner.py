@@ -32,7 +32,7 @@ from worker.hypervisors.errors import (
 )
 from worker.hypervisors.guest import Guest, SnapshotInfo, require_guest
 from worker.hypervisors.host import LibvirtHost, get_host
-from worker.hypervisors.reservation import Reservation
+from worker.reservation import Reservation
 
 log = logging.getLogger(__name__)
 

@@ -19,15 +19,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from worker import wiring as runtime
+from worker.actions import BY_NAME
 from worker.config import Settings
 from worker.db.errors import VclDataError
 from worker.db.store import ClaimOutcome, VclStore
 from worker.failpoints import failpoint
-from worker.hypervisors import LibvirtProvisioner, NodeStatus, ProgressEvent
 from worker.hypervisors.errors import ImageExistsError, PermanentError, TransientError
-from worker.hypervisors.reservation import Reservation
+from worker.hypervisors.provisioner import LibvirtProvisioner, NodeStatus, ProgressEvent
+from worker.reservation import Reservation
 
-from . import runtime
 from .locks import computer_lock
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,6 @@ LOAD_STAGE_PERCENT = {"startload": 5.0, "transfervm": 50.0, "vmsetupconfig": 70.
 # A master copy from the repository runs between startload and transfervm.
 COPY_SPAN = (5.0, 50.0)
 CAPTURE_SPAN = (10.0, 90.0)
-
-# Request state each task claims from.
-FROM_STATE = {"load": "new", "reload": "reload", "capture": "image", "maintenance": "tomaintenance"}
 
 
 class TaskHooks(Protocol):
@@ -210,7 +208,7 @@ class _Work:
 def _begin(hooks: TaskHooks, reservation_id: int, action: str) -> _Work:
     """Claim the request (vcld: state → pending) and load the reservation it is about."""
     store, settings = runtime.store(), runtime.settings()
-    from_state = FROM_STATE[action]
+    from_state = BY_NAME[action].from_state
     summary = Summary(action=action, reservation_id=reservation_id)
     clock = _Stopwatch()
     request_id, outcome = _claim(store, reservation_id, from_state)

@@ -18,10 +18,12 @@ import sqlalchemy.exc
 from celery import Task
 from celery.signals import worker_process_init
 
+from worker import wiring as runtime
+from worker.actions import BY_NAME
 from worker.app import app
 from worker.hypervisors.errors import TransientError
 
-from . import flows, runtime
+from . import flows
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ def _run(task: Task, flow: Callable[..., dict[str, Any]], reservation_id: int, *
 @app.task(
     bind=True,
     base=VclTask,
-    name="vcl.load",
+    name=BY_NAME["load"].task_name,
     soft_time_limit=runtime.settings().load_soft_time_limit,
     time_limit=runtime.settings().load_time_limit,
 )
@@ -118,7 +120,7 @@ def load(self: Task, reservation_id: int) -> dict[str, Any]:
 @app.task(
     bind=True,
     base=VclTask,
-    name="vcl.reload",
+    name=BY_NAME["reload"].task_name,
     soft_time_limit=runtime.settings().load_soft_time_limit,
     time_limit=runtime.settings().load_time_limit,
 )
@@ -130,7 +132,7 @@ def reload(self: Task, reservation_id: int) -> dict[str, Any]:
 @app.task(
     bind=True,
     base=VclTask,
-    name="vcl.capture",
+    name=BY_NAME["capture"].task_name,
     soft_time_limit=runtime.settings().capture_soft_time_limit,
     time_limit=runtime.settings().capture_time_limit,
 )
@@ -142,7 +144,7 @@ def capture(self: Task, reservation_id: int) -> dict[str, Any]:
 @app.task(
     bind=True,
     base=VclTask,
-    name="vcl.maintenance",
+    name=BY_NAME["maintenance"].task_name,
     soft_time_limit=runtime.settings().load_soft_time_limit,
     time_limit=runtime.settings().load_time_limit,
 )
@@ -151,11 +153,4 @@ def maintenance(self: Task, reservation_id: int) -> dict[str, Any]:
     return _run(self, flows.run_maintenance, reservation_id)
 
 
-TASK_FOR_STATE: dict[str, str] = {
-    "new": "vcl.load",
-    "reload": "vcl.reload",
-    "image": "vcl.capture",
-    "tomaintenance": "vcl.maintenance",
-}
-
-__all__ = ["TASK_FOR_STATE", "capture", "load", "maintenance", "reload"]
+__all__ = ["capture", "load", "maintenance", "reload"]

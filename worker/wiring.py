@@ -16,8 +16,7 @@ import redis
 from worker.config import Settings, get_settings
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.store import VclStore
-
-from .inprocess import InProcessKV
+from worker.inprocess_kv import InProcessKV
 
 _TASK_KEY = "vcl:task:reservation:{}"
 _TASK_KEY_TTL = 30 * 24 * 3600
