@@ -1,6 +1,7 @@
 """``vcl-worker reap``: domains and overlays on this VM host that belong to no live reservation.
 
-What "belongs to a live reservation" means here (the reaper keeps everything that does):
+What "belongs to a live reservation" means here (the reaper keeps everything that does; the
+database side of it is :mod:`worker.db.inventory`):
 
 * Only names VCL itself produces are ever considered: domains ``<short>_[<pretty>_]<imageid>-v<rev>``
   and overlay files ``<vmpath>/<short>_<imageid>-v<rev>.<datastore imagetype>`` (directly in the
@@ -19,10 +20,16 @@ What "belongs to a live reservation" means here (the reaper keeps everything tha
   nor one used as a disk by a domain that is kept, nor one that another kept file uses as its backing
   file. Files in datastorepath are only looked at when datastorepath is the vmpath.
 
-Without ``--apply`` the reaper only prints what it would remove. With ``--apply`` it destroys and
-undefines the orphan domains (without deleting their disks through libvirt), then unlinks the orphan
-overlays. The bare-short-name domains VCL uses when names exceed 48 characters are not recognised
-(their revision cannot be read from the name) and are left alone.
+Without ``--apply`` the reaper only prints what it would remove. With ``--apply`` it first checks
+that ``--vmhost`` names the host it runs on (its host names or ``VCL_HOST_ALIASES``; reaping another
+host's inventory here would call every local domain an orphan) and that libvirt is this host's. It
+then destroys and undefines the orphan domains (without deleting their disks through libvirt), then
+unlinks the orphan overlays, each under its computer's lock (the one every task holds) and only
+after planning again under that lock finds the item still an orphan: a load that started since the
+listing wins. The vmpath from the database must lie under ``VCL_ALLOWED_ROOTS`` before it is even
+listed. Overlays are read with their format given and their image lock respected, so a disk a
+running guest writes is kept. The bare-short-name domains VCL uses when names exceed 48 characters
+are not recognised (their revision cannot be read from the name) and are left alone.
 """
 
 from __future__ import annotations
@@ -31,24 +38,29 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterable
+import socket
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.orm import Session, sessionmaker
-
+from worker.db.inventory import HostInventory, UnknownVMHostError
+from worker.db.store import VclStore
 from worker.hypervisors import qemuimg
-from worker.hypervisors.errors import PermanentError, ProvisioningError
-from worker.hypervisors.guest import Guest
+from worker.hypervisors.errors import InvalidInputError, PermanentError, ProvisioningError
 from worker.hypervisors.host import LibvirtHost
+from worker.hypervisors.roots import under_roots
 
 log = logging.getLogger(__name__)
 
 _DOMAIN_RE = re.compile(r"^(?P<short>[^_:/]+)_(?:.*_)?(?P<imageid>\d+)-v(?P<rev>\d+)$")
-_ACTIVE_EXCLUDED = ("complete", "failed")
-_PROTECTING_STATES = ("image", "checkpoint", "maintenance")
-Key = tuple[str, int, int]
+
+
+# Seconds the reaper waits for a computer's lock; a busy computer is skipped, not waited for.
+REAP_LOCK_WAIT = 10.0
+# TTL of the reaper's hold on a computer lock: one domain or file removal, then it is released.
+REAP_LOCK_TTL = 300
+# Reasons --apply adds to ``kept`` (printed, unlike the listing's own reasons).
+RECHECKED_LIVE = "live again when re-checked under the computer lock"
+NOT_REMOVED = "not removed:"
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class Orphan:
     name: str  # domain name or absolute file path
     computer: str
     reason: str
+    computer_ids: tuple[int, ...] = ()  # every computer row of that short name (their locks)
 
 
 @dataclass
@@ -77,103 +90,7 @@ class ReapPlan:
         return [o for o in self.orphans if o.kind == "overlay"]
 
 
-@dataclass
-class _Site:
-    vmhost_id: int
-    vmpath: str
-    datastorepath: str
-    imagetype: str
-    computers: dict[str, list[dict[str, Any]]]  # short name -> computer rows
-    live: set[Key]
-    protected: set[str]
-    master_stems: set[str]
-
-
-def _short(hostname: str) -> str:
-    return hostname.split(".", 1)[0]
-
-
-def _load_site(sf: sessionmaker[Session], vmhost_name: str) -> _Site:
-    with sf.begin() as s:
-        hosts = s.execute(
-            text(
-                "SELECT v.id, hc.hostname, p.vmpath, p.datastorepath, it.name "
-                "FROM vmhost v JOIN computer hc ON hc.id = v.computerid "
-                "JOIN vmprofile p ON p.id = v.vmprofileid "
-                "LEFT JOIN imagetype it ON it.id = p.datastoreimagetypeid"
-            )
-        ).all()
-        match = [h for h in hosts if _short(h[1]) == vmhost_name or h[1] == vmhost_name]
-        if len(match) != 1:
-            raise ValueError(
-                f"vmhost {vmhost_name!r}: {len(match)} matching vmhost rows (expected exactly 1)"
-            )
-        vmhost_id, _hostname, vmpath, datastorepath, imagetype = match[0]
-        comps = s.execute(
-            text(
-                "SELECT c.id, c.hostname, c.vmhostid, c.deleted, st.name, r.imageid, r.revision "
-                "FROM computer c JOIN state st ON st.id = c.stateid "
-                "LEFT JOIN imagerevision r ON r.id = c.imagerevisionid "
-                "WHERE c.type = 'virtualmachine'"
-            )
-        ).all()
-        resv = s.execute(
-            text(
-                "SELECT v.computerid, v.imageid, r.revision, st.name, lst.name "
-                "FROM reservation v JOIN request q ON q.id = v.requestid "
-                "JOIN state st ON st.id = q.stateid JOIN state lst ON lst.id = q.laststateid "
-                "LEFT JOIN imagerevision r ON r.id = v.imagerevisionid"
-            )
-        ).all()
-        stems = {row[0] for row in s.execute(text("SELECT imagename FROM imagerevision")).all()}
-        stems |= {row[0] for row in s.execute(text("SELECT name FROM image")).all()}
-    computers: dict[str, list[dict[str, Any]]] = {}
-    by_id: dict[int, dict[str, Any]] = {}
-    for cid, hostname, vhid, deleted, state, imageid, rev in comps:
-        c = {
-            "id": cid,
-            "short": _short(hostname),
-            "vmhostid": vhid,
-            "deleted": bool(deleted),
-            "state": state,
-            "imageid": imageid,
-            "revision": rev,
-        }
-        computers.setdefault(c["short"], []).append(c)
-        by_id[cid] = c
-
-    def on_this_host(c: dict[str, Any]) -> bool:
-        return bool(
-            c["vmhostid"] == vmhost_id and not c["deleted"] and c["state"] not in ("maintenance", "deleted")
-        )
-
-    live: set[Key] = set()
-    protected: set[str] = set()
-    for c in by_id.values():
-        if on_this_host(c) and c["imageid"] is not None and c["revision"] is not None:
-            live.add((c["short"], int(c["imageid"]), int(c["revision"])))
-    for cid, imageid, rev, state, laststate in resv:
-        comp = by_id.get(cid)
-        if comp is None:
-            continue
-        if state in _PROTECTING_STATES or (state == "pending" and laststate in _PROTECTING_STATES):
-            protected.add(comp["short"])
-        if state in _ACTIVE_EXCLUDED or not on_this_host(comp) or rev is None:
-            continue
-        live.add((comp["short"], int(imageid), int(rev)))
-    return _Site(
-        vmhost_id=int(vmhost_id),
-        vmpath=os.path.normpath(vmpath or datastorepath),
-        datastorepath=os.path.normpath(datastorepath),
-        imagetype=imagetype or "qcow2",
-        computers=computers,
-        live=live,
-        protected=protected,
-        master_stems={st for st in stems if st},
-    )
-
-
-def _why_dead(site: _Site, short: str, imageid: int, rev: int) -> str | None:
+def _why_dead(site: HostInventory, short: str, imageid: int, rev: int) -> str | None:
     """None when ``short``'s ``imageid``/``rev`` is live (or protected); else the reason it is not."""
     if short not in site.computers:
         return "skip"  # not a VCL computer: never ours to touch
@@ -182,23 +99,36 @@ def _why_dead(site: _Site, short: str, imageid: int, rev: int) -> str | None:
     if (short, imageid, rev) in site.live:
         return None
     rows = site.computers[short]
-    if not any(c["vmhostid"] == site.vmhost_id for c in rows):
+    if not any(c.vmhost_id == site.vmhost_id for c in rows):
         return f"computer {short} is not on this VM host"
-    if all(c["deleted"] for c in rows):
+    if all(c.deleted for c in rows):
         return f"computer {short} is deleted"
-    if all(c["state"] in ("maintenance", "deleted") for c in rows):
-        return f"computer {short} is in {rows[0]['state']}"
+    if all(c.state in ("maintenance", "deleted") for c in rows):
+        return f"computer {short} is in {rows[0].state}"
     return f"revision {imageid}-v{rev} is neither current on {short} nor of an active request"
 
 
-def plan_reap(sf: sessionmaker[Session], host: LibvirtHost, vmhost_name: str) -> ReapPlan:
-    """Work out (without changing anything) which domains and overlays are orphans."""
-    site = _load_site(sf, vmhost_name)
-    plan = ReapPlan(vmhost_name, site.vmhost_id, site.vmpath, site.datastorepath)
+def _ids(site: HostInventory, short: str) -> tuple[int, ...]:
+    return tuple(sorted(c.id for c in site.computers.get(short, ())))
+
+
+def plan_reap(
+    store: VclStore, host: LibvirtHost, vmhost_name: str, roots: Sequence[str] | None = None
+) -> ReapPlan:
+    """Work out (without changing anything) which domains and overlays are orphans.
+    Raises :class:`~worker.db.inventory.UnknownVMHostError` for an unknown ``vmhost_name`` and
+    :class:`InvalidInputError` for a vmpath outside ``roots`` (default: the settings' roots)."""
+    if roots is None:
+        from worker.config import get_settings
+
+        roots = get_settings().roots
+    site = store.host_inventory(vmhost_name)
+    # vmpath comes from the database: nothing is listed (or later removed) outside the roots
+    vmpath = under_roots(site.vmpath, roots, f"vmprofile.vmpath of vmhost {vmhost_name!r}")
+    plan = ReapPlan(vmhost_name, site.vmhost_id, vmpath, site.datastorepath)
     kept_disks: set[str] = set()
     orphan_disks: set[str] = set()
-    for dom in host.list_domains():
-        g = Guest(host, dom)
+    for g in host.list_guests():
         name = g.name
         try:
             disks = {os.path.realpath(p) for p in g.disk_paths()}
@@ -212,7 +142,7 @@ def plan_reap(sf: sessionmaker[Session], host: LibvirtHost, vmhost_name: str) ->
                 plan.kept.append((name, "live"))
             continue
         assert m is not None
-        plan.orphans.append(Orphan("domain", name, m["short"], why))
+        plan.orphans.append(Orphan("domain", name, m["short"], why, _ids(site, m["short"])))
         orphan_disks |= disks
     overlay_re = re.compile(
         r"^(?P<short>[^_/]+)_(?P<imageid>\d+)-v(?P<rev>\d+)\." + re.escape(site.imagetype) + r"$"
@@ -220,20 +150,27 @@ def plan_reap(sf: sessionmaker[Session], host: LibvirtHost, vmhost_name: str) ->
     candidates: list[tuple[str, re.Match[str]]] = []
     backing_in_use: set[str] = set()
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        for entry in sorted(os.scandir(site.vmpath), key=lambda e: e.name):
+        for entry in sorted(os.scandir(vmpath), key=lambda e: e.name):
             if not entry.is_file(follow_symlinks=False):
                 continue
             m = overlay_re.match(entry.name)
             if m and m["short"] in site.computers:
                 candidates.append((entry.path, m))
     verdicts: list[tuple[str, str, str]] = []
+    fmt = qemuimg.format_from_extension(f"x.{site.imagetype}")
     for path, m in candidates:
         real = os.path.realpath(path)
         stem = os.path.splitext(os.path.basename(path))[0]
         why = _why_dead(site, m["short"], int(m["imageid"]), int(m["rev"]))
+        if real in kept_disks:
+            # in use by a kept (maybe running) domain: not read, so its image lock is never broken
+            plan.kept.append((path, "live" if why is None else "disk of a kept domain"))
+            continue
         try:
-            inf = qemuimg.info(path)
-            backing = inf.full_backing_filename or inf.backing_filename
+            # the format is the vmprofile's (never probed); the lock is respected: a file a
+            # running process writes fails here and is kept
+            inf = qemuimg.info(path, fmt) if fmt else None
+            backing = inf.full_backing_filename or inf.backing_filename if inf else None
         except PermanentError:
             inf, backing = None, None
         if backing:
@@ -242,39 +179,104 @@ def plan_reap(sf: sessionmaker[Session], host: LibvirtHost, vmhost_name: str) ->
             plan.kept.append((path, "live"))
         elif stem in site.master_stems:
             plan.kept.append((path, "named like a master image"))
-        elif inf is None or not backing:
+        elif inf is None:
+            plan.kept.append((path, f"not readable as {fmt} (in use, or not an image)"))
+        elif not backing:
             plan.kept.append((path, "no backing file: not an overlay"))
-        elif real in kept_disks:
-            plan.kept.append((path, "disk of a kept domain"))
         else:
             verdicts.append((path, m["short"], why))
     for path, short, why in verdicts:
         if os.path.realpath(path) in backing_in_use:
             plan.kept.append((path, "backing file of another file"))
             continue
-        plan.orphans.append(Orphan("overlay", path, short, why))
+        plan.orphans.append(Orphan("overlay", path, short, why, _ids(site, short)))
     return plan
 
 
-def apply_plan(plan: ReapPlan, host: LibvirtHost) -> list[str]:
-    """Remove the plan's orphans (domains first, then overlays). Returns what was removed."""
-    removed: list[str] = []
-    for o in plan.domains:
-        dom = host.lookup_domain(o.name)
-        if dom is None:
-            continue
-        g = Guest(host, dom)
-        if g.is_active():
-            g.destroy()
+Replan = Callable[[], ReapPlan]
+LockFor = Callable[[Sequence[int]], contextlib.AbstractContextManager[object]]
+
+
+def _still_orphan(o: Orphan, replan: Replan) -> bool:
+    return any(x.kind == o.kind and x.name == o.name for x in replan().orphans)
+
+
+def _remove(o: Orphan, host: LibvirtHost) -> bool:
+    if o.kind == "domain":
+        g = host.lookup_guest(o.name)
+        if g is None:
+            return False
+        g.power_off()
         g.undefine()
-        removed.append(o.name)
-    for o in plan.overlays:
+        return True
+    try:
+        os.unlink(o.name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def apply_plan(plan: ReapPlan, host: LibvirtHost, replan: Replan, lock_for: LockFor) -> list[str]:
+    """Remove the plan's orphans, domains first, then the overlays of a fresh plan (a running orphan
+    domain's overlay is readable only once the domain is gone). Each item is removed under its
+    computer's lock and only when ``replan()`` under that lock still calls it an orphan; an item whose
+    computer is busy, or that became live, is kept (with the reason). Returns what was removed."""
+    removed: list[str] = []
+
+    def attempt(o: Orphan) -> None:
         try:
-            os.unlink(o.name)
-        except FileNotFoundError:
-            continue
-        removed.append(o.name)
+            with lock_for(o.computer_ids):
+                if not _still_orphan(o, replan):
+                    plan.kept.append((o.name, RECHECKED_LIVE))
+                elif _remove(o, host):
+                    removed.append(o.name)
+        except ProvisioningError as exc:  # ComputerBusyError: a task holds the computer
+            plan.kept.append((o.name, f"{NOT_REMOVED} {exc}"))
+
+    for o in plan.domains:
+        attempt(o)
+    overlays = replan().overlays if plan.domains else plan.overlays
+    for o in overlays:
+        attempt(o)
+    plan.orphans = [o for o in (*plan.domains, *overlays) if o.name in removed]
     return removed
+
+
+@contextlib.contextmanager
+def computer_locks(client: object, ids: Sequence[int]) -> Iterator[object]:
+    """Every lock of ``ids`` (sorted: two reapers never wait on each other crosswise)."""
+    from worker.tasks.locks import computer_lock
+
+    with contextlib.ExitStack() as stack:
+        for cid in sorted(set(ids)):
+            stack.enter_context(computer_lock(client, cid, ttl=REAP_LOCK_TTL, wait=REAP_LOCK_WAIT))
+        yield None
+
+
+def _short(name: str) -> str:
+    return name.strip().lower().rstrip(".").split(".", 1)[0]
+
+
+def this_host_names(aliases: str = "") -> set[str]:
+    """This machine's names as the reaper compares them (short, lowercase), plus ``aliases``."""
+    names = {socket.gethostname(), socket.getfqdn(), *aliases.split(",")}
+    return {_short(n) for n in names if n.strip()}
+
+
+def check_this_host(vmhost: str, host: LibvirtHost, aliases: str = "") -> None:
+    """InvalidInputError unless ``vmhost`` names this machine and libvirt runs on it."""
+    mine = this_host_names(aliases)
+    if _short(vmhost) not in mine:
+        raise InvalidInputError(
+            f"--vmhost {vmhost!r} is not this host ({', '.join(sorted(mine))}); run reap --apply on the "
+            "VM host itself (or list its VCL name in VCL_HOST_ALIASES)"
+        )
+    libvirt_name = host.call("getHostname", lambda c: str(c.getHostname()))
+    if _short(libvirt_name) not in this_host_names():
+        raise InvalidInputError(
+            f"libvirt ({host.uri}) runs on {libvirt_name!r}, not on this host; "
+            "reap --apply removes local files"
+        )
 
 
 def format_plan(plan: ReapPlan, applied: bool) -> Iterable[str]:
@@ -282,6 +284,9 @@ def format_plan(plan: ReapPlan, applied: bool) -> Iterable[str]:
     yield f"vmhost {plan.vmhost} (vmhost.id {plan.vmhost_id}), vmpath {plan.vmpath}"
     for o in plan.orphans:
         yield f"{verb} {o.kind} {o.name} ({o.reason})"
+    for name, why in plan.kept:
+        if applied and (why == RECHECKED_LIVE or why.startswith(NOT_REMOVED)):
+            yield f"kept {name} ({why})"
     yield (
         f"{len(plan.domains)} orphan domain(s), {len(plan.overlays)} orphan overlay(s), "
         f"{len(plan.kept)} kept"
@@ -290,7 +295,7 @@ def format_plan(plan: ReapPlan, applied: bool) -> Iterable[str]:
 
 
 def run_reap(apply: bool, vmhost: str | None = None) -> int:
-    """CLI entry: 0 on success, 2 when the VM host cannot be determined."""
+    """CLI entry: 0 on success, 2 when the VM host cannot be determined or is not this host."""
     from worker import wiring as runtime
     from worker.hypervisors.host import get_host
 
@@ -301,17 +306,35 @@ def run_reap(apply: bool, vmhost: str | None = None) -> int:
     settings = runtime.settings()
     store = runtime.store()
     host = get_host(settings.libvirt_uri)
+    roots = settings.roots
     try:
-        plan = plan_reap(store._sf, host, name)
-    except ValueError as exc:
+        if apply:
+            check_this_host(name, host, settings.host_aliases)
+        plan = plan_reap(store, host, name, roots)
+    except (UnknownVMHostError, InvalidInputError) as exc:
         print(f"vcl-worker reap: {exc}", flush=True)
         return 2
     if apply:
-        done = set(apply_plan(plan, host))
-        plan.orphans = [o for o in plan.orphans if o.name in done]
+        client = runtime.lock_redis()
+        apply_plan(
+            plan,
+            host,
+            lambda: plan_reap(store, host, name, roots),
+            lambda ids: computer_locks(client, ids),
+        )
     for line in format_plan(plan, apply):
         print(line, flush=True)
     return 0
 
 
-__all__ = ["Orphan", "ReapPlan", "apply_plan", "format_plan", "plan_reap", "run_reap"]
+__all__ = [
+    "Orphan",
+    "ReapPlan",
+    "apply_plan",
+    "check_this_host",
+    "computer_locks",
+    "format_plan",
+    "plan_reap",
+    "run_reap",
+    "this_host_names",
+]

@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import itertools
-import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.support.db import create_test_database, drop_test_database
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.seed import SeededSite, SiteSpec, seed_site
 from worker.db.store import VclStore
+from worker.devkit.database import create_test_database, drop_test_database, mariadb_available
+from worker.devkit.require import missing_service
 
 _counter = itertools.count(1)
 
 
-def _mariadb_available() -> bool:
-    if shutil.which("mariadb") is None:
-        return False
-    proc = subprocess.run(
-        ["mariadb", "-uroot", "-h127.0.0.1", "-e", "SELECT 1"], capture_output=True, timeout=10, check=False
-    )
-    return proc.returncode == 0
-
-
 @pytest.fixture(scope="session")
 def vcl_db_url() -> Iterator[str]:
-    if not _mariadb_available():
-        pytest.skip("MariaDB at 127.0.0.1:3306 (root, no password) is not reachable")
+    if not mariadb_available():
+        missing_service("MariaDB at 127.0.0.1:3306 (root, no password) is not reachable")
     url = create_test_database()
     try:
         yield url

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.db.helpers import execute
 from worker.db.engine import make_engine, make_session_factory
+from worker.db.requests import ClaimOutcome
 from worker.db.seed import SeededSite, create_request
-from worker.db.store import ClaimOutcome, VclStore
+from worker.db.store import VclStore
+from worker.devkit.sqlcount import counting_statements
 
 
 def _req(sf: sessionmaker[Session], site: SeededSite, state: str = "new") -> tuple[int, int]:
@@ -89,16 +90,34 @@ def test_load_reservation_statement_count(
 ) -> None:
     req, res = _req(sf, site)
     store.claim_request(req, "new")
-    statements: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with counting_statements(engine) as statements:
         r = store.load_reservation(res)
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     assert r.reservation_id == res
     assert len(statements) <= 3, statements
     assert len(statements) == 1
+
+
+def test_reservation_carries_how_vcl_reaches_the_guest(
+    engine: Engine, sf: sessionmaker[Session], store: VclStore
+) -> None:
+    """privateIPaddress, image.reloadtime, the connect-method ports of the image's OS type (vcl.sql's
+    SSH for linux) and managementnode.keys, still in one SELECT."""
+    from tests.db.conftest import unique_spec
+    from worker.db.seed import seed_site
+
+    site = seed_site(sf, unique_spec(management_node_keys="/etc/vcl/a.key, /etc/vcl/b.key"))
+    _, res = _req(sf, site)
+    with counting_statements(engine) as statements:
+        r = store.load_reservation(res)
+    assert len(statements) == 1
+    assert r.computer_private_ip is not None and r.computer_private_ip.count(".") == 3
+    assert r.image_reloadtime_minutes == 10  # vcl.sql's default
+    assert r.connect_ports == (22,) and r.readiness_port == 22
+    assert r.management_node_keys == ("/etc/vcl/a.key", "/etc/vcl/b.key")
+    # A Windows-type OS maps to RDP in vcl.sql: the same query finds 3389.
+    with sf.begin() as s:
+        s.execute(
+            text("UPDATE image SET OSid = (SELECT id FROM OS WHERE type = 'windows' LIMIT 1) WHERE id = :i"),
+            {"i": site.image_id},
+        )
+    assert store.load_reservation(res).connect_ports == (3389,)

@@ -11,9 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.db.conftest import unique_spec
 from tests.db.helpers import execute
-from tests.support.db import seed_poll_requests
+from worker.db.schedule import check_time
 from worker.db.seed import SeededSite, create_request, seed_site
-from worker.db.store import VclStore, check_time
+from worker.db.store import VclStore
+from worker.devkit.site import seed_poll_requests
 
 
 def _now(sf: sessionmaker[Session]) -> datetime:

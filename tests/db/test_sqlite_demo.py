@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from worker.db.engine import make_engine, make_session_factory
+from worker.db.requests import ClaimOutcome
 from worker.db.seed import SiteSpec, create_capture_request, create_demo_schema, create_request, seed_site
-from worker.db.store import ClaimOutcome, VclStore
+from worker.db.store import VclStore
 
 
 def test_sqlite_demo_cycle(tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.db.helpers import computer_row, execute, loadlog_names, one, request_row, rows, snapshot
 from worker.db.errors import StateConflictError, VclDataError
+from worker.db.requests import ClaimOutcome
 from worker.db.seed import SeededSite, create_capture_request, create_request, create_tomaintenance_request
-from worker.db.store import ClaimOutcome, VclStore
+from worker.db.store import VclStore
 
 PRELOAD = ["statuscheck", "loadimageblade", "info", "doesimageexists", "info"]
 

@@ -1,0 +1,148 @@
+"""The database side of ``new.pm``: load, reload, tomaintenance, and failing a reservation
+(reference sections 3.4, 3.9). Functions take an open session; :class:`VclStore` owns the
+transaction, so each of them commits or rolls back as a whole."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from worker.db import models as m
+from worker.db.engine import db_now
+from worker.db.errors import VclDataError
+from worker.db.loadlog import insert_loadlog, state_exit_loadlog, update_log_ending
+from worker.db.requests import VclIds, fail_claimed, require_claimed, transition
+from worker.reservation import Reservation
+
+#: Load states finished by :func:`finish_load`: claimed state -> (request, computer) result.
+LOAD_RESULTS: dict[str, tuple[str, str]] = {
+    "new": ("reserved", "reserved"),
+    "reinstall": ("reserved", "reserved"),
+    "reload": ("complete", "available"),
+    "imageprep": ("complete", "available"),
+    "tovmhostinuse": ("complete", "vmhostinuse"),
+}
+
+
+def set_computer_state(s: Session, ids: VclIds, computer_id: int, state: str, **extra: Any) -> None:
+    s.execute(
+        update(m.Computer)
+        .where(m.Computer.id == computer_id)
+        .values(stateid=ids.state(s, state), **extra)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def start_load(s: Session, ids: VclIds, r: Reservation) -> None:
+    """``new.pm:reload_image`` up to ``provisioner->load()``: statuscheck, loadimageblade,
+    computer -> reloading (+ info), doesimageexists, info (calling load)."""
+    require_claimed(s, ids, r)
+    now = db_now(s)
+    rid, cid, image = r.reservation_id, r.computer_id, r.imagerevision_imagename
+    insert_loadlog(s, ids, rid, cid, "statuscheck", "checking status of node", now)
+    insert_loadlog(
+        s, ids, rid, cid, "loadimageblade", f"{r.computer_short_name} must be reloaded with {image}", now
+    )
+    set_computer_state(s, ids, cid, "reloading")
+    insert_loadlog(s, ids, rid, cid, "info", "computer state set to reloading", now)
+    insert_loadlog(s, ids, rid, cid, "doesimageexists", f"image {image} exists", now)
+    insert_loadlog(s, ids, rid, cid, "info", "calling libvirt load()", now)
+
+
+def _load_result(r: Reservation, what: str) -> tuple[str, str]:
+    result = LOAD_RESULTS.get(r.request_state)
+    if result is None:
+        raise VclDataError(
+            f"{what}: request {r.request_id} was claimed from {r.request_state!r}, not a load state"
+        )
+    return result
+
+
+def finish_load(s: Session, ids: VclIds, r: Reservation) -> None:
+    """Success of ``new.pm`` (reference 3.4 step 8-9, 3.9): see :meth:`VclStore.finish_load`."""
+    req_state, comp_state = _load_result(r, "finish_load")
+    if not transition(s, ids, r.request_id, req_state, r.request_state):
+        return
+    now = db_now(s)
+    rid, cid = r.reservation_id, r.computer_id
+    insert_loadlog(s, ids, rid, cid, "loadimagecomplete", f"image {r.imagerevision_imagename} loaded", now)
+    set_computer_state(s, ids, cid, comp_state, currentimageid=r.image_id, imagerevisionid=r.imagerevision_id)
+    insert_loadlog(s, ids, rid, cid, "nodeready", f"{r.computer_short_name} is ready", now)
+    state_exit_loadlog(s, ids, r, r.request_state, now)
+
+
+def fail_load(s: Session, ids: VclIds, r: Reservation, message: str) -> None:
+    """``reservation_failed`` for a load state: see :meth:`VclStore.fail_load`."""
+    _load_result(r, "fail_load")
+    if not transition(s, ids, r.request_id, "failed", r.request_state):
+        return
+    now = db_now(s)
+    rid, cid = r.reservation_id, r.computer_id
+    insert_loadlog(s, ids, rid, cid, "loadimagefailed", message, now)
+    insert_loadlog(s, ids, rid, cid, "failed", message, now)
+    set_computer_state(s, ids, cid, "failed")
+    if r.request_state in ("new", "reserved"):
+        update_log_ending(s, r.request_id, "failed", now)
+    state_exit_loadlog(s, ids, r, r.request_state, now)
+
+
+def finish_maintenance(s: Session, ids: VclIds, r: Reservation) -> None:
+    """``new.pm`` tomaintenance + ``libvirt.pm:post_maintenance_action``: see
+    :meth:`VclStore.finish_maintenance`."""
+    if r.request_state != "tomaintenance":
+        raise VclDataError(
+            f"finish_maintenance: request {r.request_id} was claimed from {r.request_state!r}, "
+            "not 'tomaintenance'"
+        )
+    if not transition(s, ids, r.request_id, "complete", "tomaintenance"):
+        return
+    now = db_now(s)
+    noimage = s.execute(
+        select(m.ImageRevision.imageid, m.ImageRevision.id)
+        .where(m.ImageRevision.imagename == "noimage")
+        .order_by(m.ImageRevision.production.desc(), m.ImageRevision.id)
+        .limit(1)
+    ).one_or_none()
+    if noimage is None:
+        raise VclDataError("imagerevision 'noimage' does not exist")
+    set_computer_state(
+        s,
+        ids,
+        r.computer_id,
+        "maintenance",
+        currentimageid=noimage[0],
+        imagerevisionid=noimage[1],
+        vmhostid=None,
+    )
+    state_exit_loadlog(s, ids, r, "tomaintenance", now)
+
+
+def fail_request(s: Session, ids: VclIds, request_id: int, reservation_id: int, message: str) -> None:
+    """``reservation_failed`` when the reservation's data cannot even be loaded: see
+    :meth:`VclStore.fail_request`."""
+    target = fail_claimed(s, ids, request_id)
+    if target is None:
+        return
+    computer = s.execute(
+        select(m.Computer.id, m.Computer.stateid)
+        .join(m.Reservation, m.Reservation.computerid == m.Computer.id)
+        .where(m.Reservation.id == reservation_id)
+    ).one_or_none()
+    if computer is None:
+        return
+    insert_loadlog(s, ids, reservation_id, computer.id, "failed", message[:4000], db_now(s))
+    if computer.stateid != ids.state(s, "maintenance"):
+        set_computer_state(s, ids, computer.id, "maintenance" if target == "maintenance" else "failed")
+
+
+__all__ = [
+    "LOAD_RESULTS",
+    "fail_load",
+    "fail_request",
+    "finish_load",
+    "finish_maintenance",
+    "set_computer_state",
+    "start_load",
+]
