@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from tests.core.conftest import files_in
-from tests.support import libvirt_env
+from worker.devkit import libvirt_env
 from worker.hypervisors.errors import ImageCorruptError, ImageNotFoundError, InvalidInputError
 from worker.hypervisors.host import get_host
 from worker.hypervisors.provisioner import LibvirtProvisioner
@@ -33,7 +33,7 @@ def test_missing_master_and_no_repository(env) -> None:  # type: ignore[no-untyp
         prov.load()
     assert "no image repository is configured" in str(ei.value)
     assert files_in(env.datastore) == set()
-    assert not prov.does_image_exist()
+    assert not prov.layout.image_exists()
     assert libvirt_env.list_domain_names(prov.reservation.computer_short_name) == []
 
 
@@ -85,7 +85,7 @@ def test_master_copied_from_repository_once(env, events) -> None:  # type: ignor
     seen, cb = events
     res, src = _repo_reservation(env)
     prov = env.provisioner(res)
-    assert prov.does_image_exist()
+    assert prov.layout.image_exists()
     out = prov.load(cb)
     master = env.images / f"{res.imagerevision_imagename}.qcow2"
     assert out.master_copied and out.master_path == str(master)
@@ -105,7 +105,7 @@ def test_master_copied_from_repository_once(env, events) -> None:  # type: ignor
     mtime = os.stat(master).st_mtime_ns
     again = env.provisioner(res).load()
     assert not again.master_copied and os.stat(master).st_mtime_ns == mtime
-    assert prov.get_image_size_bytes() > 0 and prov.get_image_size() >= 0
+    assert prov.layout.image_size_bytes() > 0 and prov.get_image_size() >= 0
 
 
 def test_concurrent_loads_copy_master_once(env) -> None:  # type: ignore[no-untyped-def]
@@ -136,14 +136,15 @@ def test_concurrent_processes_copy_master_once(env) -> None:  # type: ignore[no-
     code = (
         "import sys, json\n"
         "from worker.hypervisors.drivers.kvm import KVMDriver\n"
+        "from worker.hypervisors.load import disk_options\n"
         "from worker.hypervisors.provisioner import LibvirtProvisioner\n"
         "from worker.hypervisors.host import get_host\n"
-        "from tests.support.reservations import make_reservation\n"
+        "from worker.devkit.reservations import make_reservation\n"
         "from worker.config import Settings\n"
         f"res = make_reservation(vmprofile={{'datastore_path': {str(env.images)!r}, "
         f"'vm_path': {str(env.datastore / 'vms')!r}, 'repository_path': {str(env.datastore / 'repo')!r}}})\n"
         f"p = LibvirtProvisioner(res, Settings(lock_dir={env.settings.lock_dir!r}), get_host('test:///default'))\n"
-        "m, copied = KVMDriver().ensure_master(p)\n"
+        "m, copied = KVMDriver().ensure_master(p.layout.master_image(), disk_options(p.settings))\n"
         "print(json.dumps(copied))\n"
     )
     procs = [

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.support import libvirt_env
+from worker.devkit import libvirt_env
 from worker.hypervisors import qemuimg
 from worker.hypervisors.errors import ImageExistsError
 
@@ -21,11 +21,11 @@ def test_capture_flattens_cow_into_standalone_master(env, events) -> None:  # ty
     master_sum = libvirt_env.sha256(master)
     loaded = env.provisioner(res).load()
     # write guest data into the COW while the domain is stopped
-    env.provisioner(res).power_off()
+    env.provisioner(res).guest().power_off()
     libvirt_env.write_pattern(loaded.cow_path, 0xAB, offset=1 << 20, length="1M")
     keep = env.datastore / "cow-copy.qcow2"
     subprocess.run(["cp", loaded.cow_path, str(keep)], check=True)
-    env.provisioner(res).power_on()
+    env.provisioner(res).guest().start()
 
     cap_res = env.reservation(
         computer_short_name=res.computer_short_name,
@@ -88,26 +88,33 @@ def test_power_and_snapshots(env) -> None:  # type: ignore[no-untyped-def]
     env.master_for(res)
     prov = env.provisioner(res)
     name = prov.load().domain_name
-    assert prov.power_status() == "on"
-    assert prov.power_off() and prov.power_status() == "off"
-    assert prov.power_off()  # already off: still success
-    assert prov.power_on() and prov.power_status() == "on"
-    assert prov.power_on()  # already on: success
+    g = prov.guest()
+    assert g.name == name and g.power_status() == "on"
+    g.power_off()  # hard stop, VCL's power_off
+    assert g.power_status() == "off"
+    g.power_off()  # already off: still success
+    g.start()
+    assert g.power_status() == "on"
+    g.start()  # already on: success
     dom_id = prov.host.connection().lookupByName(name).ID()
-    assert prov.power_reset() and prov.power_status() == "on"
+    g.power_off()  # VCL's power_reset: off, then on
+    g.start()
+    assert g.power_status() == "on"
     assert prov.host.connection().lookupByName(name).ID() != dom_id
     # graceful shutdown: SeaBIOS ignores ACPI, so it is destroyed after shutdown_timeout
-    assert prov.shutdown() is False and prov.power_status() == "off"
-    info = prov.get_domain_info()[name]
-    assert info["state"] == "shut off" and info["id"] is None
+    settings = prov.settings
+    assert g.shutdown(settings.shutdown_timeout, settings.shutdown_retry_interval) is False
+    assert g.power_status() == "off"
+    info = g.info()
+    assert info.state == "shut off" and info.id is None
 
-    snap = prov.create_snapshot(name, "snap1")
+    snap = g.create_snapshot("snap1")
     assert snap == "snap1"
-    prov.create_snapshot(name, "snap2")
-    assert set(prov.get_snapshot_info()) == {"snap1", "snap2"}
-    prov.delete_snapshot(name, "snap1")  # deletes children too
-    assert prov.get_snapshot_info() == {}
-    prov.create_snapshot(name, "snap3")
+    g.create_snapshot("snap2")
+    assert set(g.snapshot_info()) == {"snap1", "snap2"}
+    g.delete_snapshot("snap1")  # deletes children too
+    assert g.snapshot_info() == {}
+    g.create_snapshot("snap3")
     # delete_domain removes snapshots, the overlay and the definition
     assert prov.post_maintenance_action() == [name]
-    assert not prov.domain_exists(name)
+    assert prov.host.lookup_guest(name) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from tests.support import libvirt_env
+from worker.devkit import libvirt_env
 
 pytestmark = pytest.mark.real
 
@@ -28,10 +28,10 @@ def test_load_defines_running_domain_on_qcow2_overlay(env, events) -> None:  # t
     assert info["backing-filename-format"] == "qcow2"
     assert libvirt_env.sha256(master) == before
     assert [e.stage for e in seen] == ["startload", "transfervm", "vmsetupconfig", "startvm"]
-    assert prov.power_status() == "on"
+    assert prov.guest().power_status() == "on"
     assert prov.node_status().value == "READY"
-    libvirt_env.validate_domain_xml(prov.get_domain_xml(), env.datastore)
-    assert set(prov.get_domain_mac_addresses()) == {prov.reservation.eth0_mac, prov.reservation.eth1_mac}
+    libvirt_env.validate_domain_xml(prov.guest().xml(), env.datastore)
+    assert set(prov.guest().mac_addresses()) == {prov.reservation.eth0_mac, prov.reservation.eth1_mac}
     assert dom.autostart() == 1
 
 
@@ -73,7 +73,7 @@ def test_load_other_revision_replaces_previous(env) -> None:  # type: ignore[no-
     ]
     # node_status for the old revision: RELOAD
     assert env.provisioner(res1).node_status().value == "RELOAD"
-    p2.power_off()
+    p2.guest().power_off()
     assert p2.node_status().value == "POST_LOAD"
 
 
@@ -82,7 +82,7 @@ def test_generated_macs_unique_and_valid(env) -> None:  # type: ignore[no-untype
     env.master_for(res)
     prov = env.provisioner(res)
     prov.load()
-    macs = prov.get_domain_mac_addresses()
+    macs = prov.guest().mac_addresses()
     assert len(set(macs)) == 2
     assert all(m.startswith("52:54:00:") for m in macs)
     assert res.eth0_mac not in macs

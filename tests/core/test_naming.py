@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from tests.support.reservations import make_reservation
 from worker.config import Settings
+from worker.devkit.reservations import make_reservation
 from worker.hypervisors import naming
 from worker.hypervisors.errors import InvalidInputError
 from worker.hypervisors.host import LibvirtHost
@@ -134,8 +134,8 @@ def test_provisioner_paths_and_validation() -> None:
     res = make_reservation()
     p = LibvirtProvisioner(res, Settings(), LibvirtHost("test:///default"))
     assert p.get_domain_name() == "vm4-22_CentOS7Base64bitVM_3081-v5"
-    assert p.get_copy_on_write_file_path() == "/var/lib/libvirt/images/vm4-22_3081-v5.qcow2"
-    assert p.get_master_xml_file_path() == "/var/lib/libvirt/images/linux-CentOS7Base-3081-v5.xml"
+    assert p.layout.cow_path == "/var/lib/libvirt/images/vm4-22_3081-v5.qcow2"
+    assert p.layout.master_xml_path() == "/var/lib/libvirt/images/linux-CentOS7Base-3081-v5.xml"
     assert p.get_new_image_name() == "linux-CentOS7Base64bitVM-3081-v5"
     with pytest.raises(InvalidInputError, match=r"\.\./x"):
         LibvirtProvisioner(

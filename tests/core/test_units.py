@@ -9,7 +9,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from tests.support import libvirt_env
+from worker.devkit import libvirt_env
 from worker.hypervisors import domain_xml as dx
 from worker.hypervisors import qemuimg
 from worker.hypervisors.drivers.base import select_driver
@@ -20,7 +20,6 @@ from worker.hypervisors.errors import (
     NoDriverError,
     QemuImgError,
 )
-from worker.hypervisors.guest import Guest
 from worker.hypervisors.host import LibvirtHost, map_libvirt_error
 
 
@@ -77,16 +76,15 @@ def test_reconnect_after_broken_connection() -> None:
     assert host.connection() is opened[0]  # reused while the ping works
     opened[0].broken = True
     assert host.connection() is opened[1]  # reopened lazily
-    assert host.lookup_domain("test") is not None
+    assert host.lookup_guest("test") is not None
     with pytest.raises(LibvirtTransientError), host.errors("x"):
         raise _err(libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_REMOTE)
     assert host._conn is None  # dropped, reopened on next call
-    assert host.lookup_domain("nope") is None
+    assert host.lookup_guest("nope") is None
 
 
 def test_guest_on_test_driver() -> None:
     host = LibvirtHost("test:///default")
-    conn = host.connection()
     xml = dx.build_domain_xml(
         dx.DomainSpec(
             name="unit1",
@@ -98,21 +96,21 @@ def test_guest_on_test_driver() -> None:
             nics=(dx.NicSpec("network", "default", "52:54:00:00:00:09"),),
         )
     )
-    g = Guest(host, conn.defineXML(xml))
+    g = host.define(xml, autostart=False)
     # redefine with the same UUID updates in place
-    g = Guest(host, conn.defineXML(xml))
+    g = host.define(xml, autostart=False)
     assert g.power_status() == "off"
     g.start()
     g.start()
     assert g.power_status() == "on"
     g.create_snapshot("s1", "first")
     assert list(g.snapshot_info()) == ["s1"]
-    assert g.power_off(graceful_timeout=2, retry_interval=1) is True  # test driver shuts down at once
-    g.destroy()
+    assert g.shutdown(timeout=2, retry_interval=1) is True  # test driver shuts down at once
+    g.power_off()  # already off: success
     assert g.mac_addresses() == ["52:54:00:00:00:09"]
     assert g.disk_paths() == ["/nonexistent/unit1.qcow2"]
     g.undefine()  # NVRAM flag unsupported on the test driver: falls back
-    assert host.lookup_domain("unit1") is None
+    assert host.lookup_guest("unit1") is None
 
 
 def test_test_uri_gets_the_simulated_driver_only() -> None:

@@ -10,7 +10,9 @@ Choices (documented deviations from libvirt.pm:generate_domain_xml):
 * ``on_poweroff=destroy`` and ``on_crash=destroy``: a guest that powers itself off is reported as
   ``shut off`` (what the capture/power-off polling waits for). ``preserve`` is not used.
 * ``<uuid>`` is deterministic per computer so a redefine updates instead of failing "already exists".
-* VNC listens on ``settings.vnc_listen`` with autoport.
+* VNC listens on ``settings.vnc_listen`` with autoport, with ``passwd`` when a VNC password is set
+  (required for a non-loopback listen). libvirt never returns the password in XML without
+  ``VIR_DOMAIN_XML_SECURE``, so the saved master XML does not carry it; it is kept out of ``repr``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class DomainSpec:
     clock_offset: str = "utc"
     description: str = ""
     vnc_listen: str = "127.0.0.1"
+    vnc_password: str | None = field(default=None, repr=False)
     nics: tuple[NicSpec, ...] = field(default_factory=tuple)
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
@@ -109,7 +112,10 @@ def build_domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(iface, "mac", {"address": nic.mac})
         ET.SubElement(iface, "source", {nic.kind: nic.source})
         ET.SubElement(iface, "model", {"type": nic.model})
-    ET.SubElement(devices, "graphics", {"type": "vnc", "autoport": "yes", "listen": spec.vnc_listen})
+    graphics = {"type": "vnc", "autoport": "yes", "listen": spec.vnc_listen}
+    if spec.vnc_password:
+        graphics["passwd"] = spec.vnc_password
+    ET.SubElement(devices, "graphics", graphics)
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode")
 
@@ -149,6 +155,25 @@ def master_xml_disk_bus(xml: str | None) -> str | None:
     return None
 
 
+def disk_backing_file(xml: str | None, disk_path: str) -> str | None:
+    """``<backingStore><source file>`` of the disk whose source is ``disk_path``, from a running
+    domain's live XML (libvirt fills it in at start). How to learn an in-use overlay's master
+    without opening the overlay past QEMU's image lock (qemu-img would need ``-U``)."""
+    if not xml:
+        return None
+    try:
+        root = ET.fromstring(xml)  # noqa: S314 (libvirt's XML)
+    except ET.ParseError:
+        return None
+    for disk in root.iter("disk"):
+        source = disk.find("source")
+        if source is None or source.get("file") != disk_path:
+            continue
+        backing = disk.find("backingStore/source")
+        return None if backing is None else backing.get("file")
+    return None
+
+
 def master_xml_interface_model(xml: str | None) -> str | None:
     if not xml:
         return None
@@ -171,6 +196,7 @@ __all__ = [
     "build_domain_xml",
     "computer_uuid",
     "description_text",
+    "disk_backing_file",
     "disk_target_dev",
     "master_xml_disk_bus",
     "master_xml_interface_model",

@@ -49,7 +49,15 @@ class LibvirtPermanentError(PermanentError):
 
 
 class QemuImgError(PermanentError):
-    """qemu-img exited non-zero or timed out; the message carries its stderr."""
+    """qemu-img exited non-zero, timed out or printed what it should not; the message carries its stderr.
+
+    ``rc`` is None when qemu-img did not exit by itself (timeout, not installed, bad output).
+    """
+
+    def __init__(self, message: str, *, rc: int | None = None, stderr: str = "") -> None:
+        super().__init__(message)
+        self.rc = rc
+        self.stderr = stderr
 
 
 class DatastoreFullError(PermanentError):

@@ -1,17 +1,28 @@
-"""A small wrapper around one ``virDomain``: state, power, snapshots, undefine, disks and MACs."""
+"""One libvirt domain (Nova's guest.py): state, power, snapshots, disks, MACs, deletion.
+
+Guests are handed out by :class:`worker.hypervisors.host.LibvirtHost` (``list_guests``,
+``lookup_guest``, ``require_guest``, ``define``); nothing else wraps a raw ``virDomain``. Every libvirt
+call runs inside ``host.errors()``, so callers only ever see the typed errors of
+:mod:`worker.hypervisors.errors`.
+
+Power vocabulary, the same in the provisioner: ``power_off`` is the hard stop (``virsh destroy``, VCL's
+power_off); ``shutdown`` is the graceful ACPI shutdown that falls back to ``power_off``.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import libvirt
 
-from worker.hypervisors.errors import LibvirtPermanentError
-from worker.hypervisors.host import LibvirtHost
+if TYPE_CHECKING:
+    from worker.hypervisors.host import LibvirtHost
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +57,29 @@ class SnapshotInfo:
     description: str
 
 
+@dataclass(frozen=True)
+class DiskSource:
+    path: str
+    format: str | None  # <driver type=…>; None when the definition does not say
+
+
+@dataclass(frozen=True)
+class GuestInfo:
+    """``virsh dominfo`` of one domain; ``id`` is None while it is not running."""
+
+    name: str
+    uuid: str
+    id: int | None
+    state: str
+    power_status: str
+    max_memory_kib: int
+    memory_kib: int
+    vcpus: int
+    cpu_time_ns: int
+
+
 class Guest:
-    def __init__(self, host: LibvirtHost, dom: Any) -> None:
+    def __init__(self, host: LibvirtHost, dom: libvirt.virDomain) -> None:
         self.host = host
         self._dom = dom
 
@@ -55,44 +87,31 @@ class Guest:
     def name(self) -> str:
         return str(self._dom.name())
 
-    @property
-    def uuid(self) -> str:
-        return str(self._dom.UUIDString())
-
-    @property
-    def domain(self) -> Any:
-        return self._dom
-
     # ------------------------------------------------------------------ state
-    def state(self) -> int:
-        with self.host.errors(f"state of {self.name}"):
-            return int(self._dom.state()[0])
-
-    def state_name(self) -> str:
-        return _STATE_NAMES.get(self.state(), "unknown")
-
     def power_status(self) -> str:
-        return _POWER.get(self.state(), "unknown")
+        with self.host.errors(f"state of {self.name}"):
+            return _POWER.get(int(self._dom.state()[0]), "unknown")
 
     def is_active(self) -> bool:
         with self.host.errors(f"isActive {self.name}"):
             return bool(self._dom.isActive())
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> GuestInfo:
         with self.host.errors(f"info of {self.name}"):
             state, max_mem, mem, vcpus, cpu_time = self._dom.info()
-            dom_id = self._dom.ID()
-        return {
-            "name": self.name,
-            "uuid": self.uuid,
-            "id": dom_id if dom_id >= 0 else None,
-            "state": _STATE_NAMES.get(state, "unknown"),
-            "power_status": _POWER.get(state, "unknown"),
-            "max_memory_kib": max_mem,
-            "memory_kib": mem,
-            "vcpus": vcpus,
-            "cpu_time_ns": cpu_time,
-        }
+            dom_id = int(self._dom.ID())
+            uuid = str(self._dom.UUIDString())
+        return GuestInfo(
+            name=self.name,
+            uuid=uuid,
+            id=dom_id if dom_id >= 0 else None,
+            state=_STATE_NAMES.get(state, "unknown"),
+            power_status=_POWER.get(state, "unknown"),
+            max_memory_kib=int(max_mem),
+            memory_kib=int(mem),
+            vcpus=int(vcpus),
+            cpu_time_ns=int(cpu_time),
+        )
 
     # ------------------------------------------------------------------ power
     def start(self) -> None:
@@ -107,14 +126,14 @@ class Guest:
                     return
                 raise
 
-    def destroy(self, busy_retry_delay: float = 5.0, attempts: int = 3) -> None:
-        """Hard stop. 'not running' is success; 'Device or resource busy' is retried (VCL: 30 s, once)."""
+    def power_off(self, busy_retry_delay: float = 5.0, attempts: int = 3) -> None:
+        """Hard stop (``virsh destroy``). 'Not running' is success; 'Device or resource busy' is retried
+        (VCL waits 30 s once; QEMU holding a disk lock usually lets go within seconds)."""
         for attempt in range(1, attempts + 1):
             with self.host.errors(f"destroy {self.name}"):
                 try:
-                    if not self._dom.isActive():
-                        return
-                    self._dom.destroy()
+                    if self._dom.isActive():
+                        self._dom.destroy()
                     return
                 except libvirt.libvirtError as exc:
                     code = exc.get_error_code()
@@ -128,8 +147,8 @@ class Guest:
                         continue
                     raise
 
-    def shutdown(self) -> None:
-        """Send an ACPI shutdown request (returns immediately)."""
+    def _request_shutdown(self) -> None:
+        """Send one ACPI shutdown request (returns at once)."""
         with self.host.errors(f"shutdown {self.name}"):
             try:
                 self._dom.shutdown()
@@ -138,42 +157,29 @@ class Guest:
                     return
                 raise
 
-    def wait_for_power_off(self, timeout: float, poll: float = 0.5) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.power_status() == "off":
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(poll)
+    def shutdown(self, timeout: float, retry_interval: float) -> bool:
+        """ACPI shutdown, re-sent every ``retry_interval`` s; after ``timeout`` s, :meth:`power_off`.
 
-    def shutdown_gracefully(self, timeout: float, retry_interval: float) -> bool:
-        """ACPI shutdown re-sent every ``retry_interval`` s for up to ``timeout`` s. True when off."""
+        True when the guest shut itself down (a capture then copies a consistent disk), False when it
+        had to be destroyed.
+        """
         if not self.is_active():
             return True
-        start = time.monotonic()
-        last_sent = start
-        self.shutdown()
+        start = last_sent = time.monotonic()
+        self._request_shutdown()
         while time.monotonic() - start < timeout:
             if not self.is_active():
                 return True
             if retry_interval > 0 and time.monotonic() - last_sent >= retry_interval:
                 log.info("re-sending shutdown to %s", self.name)
-                self.shutdown()
+                self._request_shutdown()
                 last_sent = time.monotonic()
             time.sleep(0.5)
-        return not self.is_active()
-
-    def power_off(self, graceful_timeout: float = 0, retry_interval: float = 10) -> bool:
-        """Graceful shutdown (if ``graceful_timeout`` > 0), then destroy. True if it shut down cleanly."""
-        clean = False
-        if graceful_timeout > 0:
-            clean = self.shutdown_gracefully(graceful_timeout, retry_interval)
-            if not clean:
-                log.warning("%s did not shut down within %s s; destroying it", self.name, graceful_timeout)
-        if not clean:
-            self.destroy()
-        return clean
+        if not self.is_active():
+            return True
+        log.warning("%s did not shut down within %s s; destroying it", self.name, timeout)
+        self.power_off()
+        return False
 
     def set_autostart(self, on: bool = True) -> None:
         with self.host.errors(f"autostart {self.name}"):
@@ -185,23 +191,22 @@ class Guest:
         with self.host.errors(f"XMLDesc {self.name}"):
             return str(self._dom.XMLDesc(flags))
 
+    def disks(self) -> list[DiskSource]:
+        """``<source file>`` and ``<driver type>`` of every ``device="disk"`` entry, in order."""
+        return _disks_from_xml(self.xml())
+
     def disk_paths(self) -> list[str]:
-        """``<source file>`` of every ``device="disk"`` entry, in order."""
-        return disk_paths_from_xml(self.xml())
+        return [d.path for d in self.disks()]
 
     def mac_addresses(self) -> list[str]:
-        return macs_from_xml(self.xml())
+        return _macs_from_xml(self.xml())
 
     # ------------------------------------------------------------------ snapshots
-    def snapshot_names(self) -> list[str]:
-        with self.host.errors(f"snapshotListNames {self.name}"):
-            return sorted(str(n) for n in self._dom.snapshotListNames(0))
-
     def snapshot_info(self) -> dict[str, SnapshotInfo]:
         out: dict[str, SnapshotInfo] = {}
         with self.host.errors(f"listAllSnapshots {self.name}"):
             for snap in self._dom.listAllSnapshots(0):
-                root = ET.fromstring(snap.getXMLDesc(0))  # noqa: S314 (libvirt or admin XML)
+                root = ET.fromstring(snap.getXMLDesc(0))  # noqa: S314 (libvirt's own XML)
                 out[snap.getName()] = SnapshotInfo(
                     name=snap.getName(),
                     creation_time=int(root.findtext("creationTime") or 0),
@@ -232,7 +237,7 @@ class Guest:
             snap.delete(flags)
 
     def delete_all_snapshots(self) -> None:
-        # Delete roots with their children; re-list after each delete.
+        # Delete roots with their children; re-list after each delete (bounded against a loop).
         for _ in range(1000):
             with self.host.errors(f"listAllSnapshots {self.name}"):
                 roots = self._dom.listAllSnapshots(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_ROOTS)
@@ -240,7 +245,7 @@ class Guest:
                 return
             self.delete_snapshot(roots[0].getName(), children=True)
 
-    # ------------------------------------------------------------------ undefine
+    # ------------------------------------------------------------------ undefine / delete
     def undefine(self) -> None:
         """undefineFlags(MANAGED_SAVE|SNAPSHOTS_METADATA|NVRAM) → without NVRAM → plain undefine()."""
         base = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
@@ -262,43 +267,45 @@ class Guest:
         with self.host.errors(f"undefine {self.name}"):
             raise last
 
+    def delete(self, may_delete_disk: Callable[[str], bool]) -> list[str]:
+        """Power off, delete snapshots and the disks ``may_delete_disk`` accepts, undefine (VCL
+        delete_domain). Returns the disks deleted; a disk refused or already gone is left alone."""
+        self.power_off()
+        self.delete_all_snapshots()
+        deleted: list[str] = []
+        for path in self.disk_paths():
+            if not may_delete_disk(path):
+                log.warning("not deleting disk %s of %s", path, self.name)
+                continue
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # VCL: a disk that cannot be removed does not stop the undefine
+                log.warning("could not delete %s: %s", path, exc)
+                continue
+            log.info("deleted disk %s of %s", path, self.name)
+            deleted.append(path)
+        self.undefine()
+        return deleted
 
-def disk_paths_from_xml(xml: str) -> list[str]:
-    root = ET.fromstring(xml)  # noqa: S314 (libvirt or admin XML)
+
+def _disks_from_xml(xml: str) -> list[DiskSource]:
+    root = ET.fromstring(xml)  # noqa: S314 (libvirt's own XML)
     out = []
     for disk in root.findall("./devices/disk"):
         if disk.get("device", "disk") != "disk":
             continue
-        src = disk.find("source")
-        if src is not None and src.get("file"):
-            out.append(str(src.get("file")))
+        src, drv = disk.find("source"), disk.find("driver")
+        path = src.get("file") if src is not None else None
+        if path:
+            out.append(DiskSource(path, drv.get("type") if drv is not None else None))
     return out
 
 
-def macs_from_xml(xml: str) -> list[str]:
-    root = ET.fromstring(xml)  # noqa: S314 (libvirt or admin XML)
-    out = []
-    for mac in root.findall("./devices/interface/mac"):
-        addr = mac.get("address")
-        if addr:
-            out.append(addr.lower())
-    return out
+def _macs_from_xml(xml: str) -> list[str]:
+    root = ET.fromstring(xml)  # noqa: S314 (libvirt's own XML)
+    return [addr.lower() for mac in root.findall("./devices/interface/mac") if (addr := mac.get("address"))]
 
 
-def require_guest(host: LibvirtHost, name: str) -> Guest:
-    dom = host.lookup_domain(name)
-    if dom is None:
-        from worker.hypervisors.errors import DomainNotFoundError
-
-        raise DomainNotFoundError(f"domain {name!r} does not exist on {host.uri}")
-    return Guest(host, dom)
-
-
-__all__ = [
-    "Guest",
-    "LibvirtPermanentError",
-    "SnapshotInfo",
-    "disk_paths_from_xml",
-    "macs_from_xml",
-    "require_guest",
-]
+__all__ = ["DiskSource", "Guest", "GuestInfo", "SnapshotInfo"]

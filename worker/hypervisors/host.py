@@ -1,4 +1,5 @@
-"""One libvirt connection per process and URI, health-checked before reuse, reopened after failures.
+"""One libvirt connection per process and URI (Nova's host.py), health-checked before reuse, reopened
+after failures. It hands out :class:`Guest` objects; no caller sees a raw ``virDomain``.
 
 All ``libvirt.libvirtError`` values are mapped into :mod:`worker.hypervisors.errors` by
 :func:`map_libvirt_error`, the only place that looks at libvirt error codes for classification.
@@ -17,11 +18,14 @@ from typing import Any, TypeVar
 import libvirt
 
 from worker.hypervisors.errors import (
+    AmbiguousDomainError,
     DomainNotFoundError,
     LibvirtPermanentError,
     LibvirtTransientError,
+    PermanentError,
     ProvisioningError,
 )
+from worker.hypervisors.guest import Guest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,13 +81,12 @@ class LibvirtHost:
     def __init__(self, uri: str, opener: Callable[[str], Any] | None = None) -> None:
         self.uri = uri
         self._opener = opener or libvirt.open
-        self._conn: Any = None
+        self._conn: libvirt.virConnect | None = None
         self._lock = threading.RLock()
         self._pid = os.getpid()
-        self.reconnects = 0
 
     # ------------------------------------------------------------------ connection
-    def connection(self) -> Any:
+    def connection(self) -> libvirt.virConnect:
         """The live ``virConnect``; reopened if the cached one fails its ping."""
         with self._lock:
             if self._pid != os.getpid():  # never reuse a connection across fork
@@ -103,7 +106,6 @@ class LibvirtHost:
                 raise LibvirtTransientError(f"cannot connect to libvirt at {self.uri}: {exc}") from exc
             if conn is None:
                 raise LibvirtTransientError(f"cannot connect to libvirt at {self.uri}")
-            self.reconnects += 1
             self._conn = conn
             return conn
 
@@ -129,7 +131,7 @@ class LibvirtHost:
                     self._drop()
             raise mapped from exc
 
-    def call(self, context: str, fn: Callable[[Any], T]) -> T:
+    def call(self, context: str, fn: Callable[[libvirt.virConnect], T]) -> T:
         """Run ``fn(conn)`` with error mapping."""
         with self.errors(context):
             return fn(self.connection())
@@ -151,37 +153,61 @@ class LibvirtHost:
                 return True
         return False
 
-    def network_names(self) -> list[str]:
-        return self.call("listAllNetworks", lambda c: sorted(n.name() for n in c.listAllNetworks(0)))
-
     def has_network(self, name: str) -> bool:
-        return name in self.network_names()
+        return self.call("listAllNetworks", lambda c: any(n.name() == name for n in c.listAllNetworks(0)))
 
-    def interface_names(self) -> list[str]:
-        def _ifaces(c: Any) -> list[str]:
-            try:
-                return sorted(i.name() for i in c.listAllInterfaces(0))
-            except libvirt.libvirtError:  # interface driver missing (netcf): not fatal
-                return []
+    # ------------------------------------------------------------------ guests
+    def list_guests(self) -> list[Guest]:
+        return self.call("listAllDomains", lambda c: [Guest(self, d) for d in c.listAllDomains(0)])
 
-        return self.call("listAllInterfaces", _ifaces)
-
-    # ------------------------------------------------------------------ domains
-    def list_domains(self) -> list[Any]:
-        return self.call("listAllDomains", lambda c: list(c.listAllDomains(0)))
-
-    def lookup_domain(self, name: str) -> Any | None:
-        """The virDomain named ``name`` or None."""
+    def lookup_guest(self, name: str) -> Guest | None:
+        """The guest named ``name``, or None when no such domain is defined."""
         with self.errors(f"lookupByName({name})"):
             try:
-                return self.connection().lookupByName(name)
+                return Guest(self, self.connection().lookupByName(name))
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     return None
                 raise
 
-    def define_xml(self, xml: str) -> Any:
-        return self.call("defineXML", lambda c: c.defineXML(xml))
+    def require_guest(self, name: str) -> Guest:
+        guest = self.lookup_guest(name)
+        if guest is None:
+            raise DomainNotFoundError(f"domain {name!r} does not exist on {self.uri}")
+        return guest
+
+    def define(self, xml: str, autostart: bool = True) -> Guest:
+        """``defineXML`` (a definition with the same UUID is updated in place), then autostart."""
+        guest = self.call("defineXML", lambda c: Guest(self, c.defineXML(xml)))
+        if autostart:
+            try:
+                guest.set_autostart(True)
+            except PermanentError as exc:  # VCL: an autostart failure is only logged
+                log.warning("autostart of %s failed: %s", guest.name, exc)
+        return guest
+
+    # ------------------------------------------------------------------ MAC addresses
+    def used_macs(self) -> set[str]:
+        """MACs of every defined domain (one that vanishes while listing is skipped)."""
+        macs: set[str] = set()
+        for guest in self.list_guests():
+            with contextlib.suppress(PermanentError):
+                macs.update(guest.mac_addresses())
+        return macs
+
+    def guest_by_mac(self, macs: set[str]) -> Guest:
+        """The one guest with an interface MAC in ``macs`` (lowercase); capture finds its domain so."""
+        found = []
+        for guest in self.list_guests():
+            with contextlib.suppress(DomainNotFoundError):  # undefined while we listed
+                if macs & set(guest.mac_addresses()):
+                    found.append(guest)
+        wanted = ", ".join(sorted(macs))
+        if not found:
+            raise DomainNotFoundError(f"no domain on {self.uri} has MAC {wanted}")
+        if len(found) > 1:
+            raise AmbiguousDomainError(f"{len(found)} domains match MAC {wanted}: {[g.name for g in found]}")
+        return found[0]
 
 
 _hosts: dict[str, LibvirtHost] = {}

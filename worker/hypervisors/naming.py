@@ -9,9 +9,10 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from worker.hypervisors.errors import InvalidInputError
+from worker.hypervisors.roots import inside, is_under
 
 DOMAIN_NAME_MAX_LENGTH = 48
 
@@ -86,14 +87,6 @@ def normalize_mac(value: str, what: str = "MAC address") -> str:
     return mac
 
 
-def is_valid_mac(value: str) -> bool:
-    try:
-        normalize_mac(value)
-    except InvalidInputError:
-        return False
-    return True
-
-
 # --------------------------------------------------------------------------- VCL names
 
 
@@ -149,9 +142,12 @@ def is_computer_domain(domain: str, computer_short_name: str) -> bool:
     return domain.startswith((f"{computer_short_name}_", f"{computer_short_name}:"))
 
 
-def is_computer_disk(path: str, computer_short_name: str) -> bool:
-    """Outside the image state only disks whose base name starts with ``<short>_`` are deleted."""
-    return os.path.basename(path).startswith(f"{computer_short_name}_")
+def is_computer_disk(path: str, computer_short_name: str, roots: Sequence[str] | None = None) -> bool:
+    """Outside the image state only disks whose base name starts with ``<short>_`` are deleted, and
+    (when ``roots`` are given, resolved) only those that resolve under one of the allowed roots."""
+    if not os.path.basename(path).startswith(f"{computer_short_name}_"):
+        return False
+    return roots is None or any(is_under(os.path.realpath(path), r) for r in roots)
 
 
 # --------------------------------------------------------------------------- paths
@@ -175,6 +171,8 @@ def find_master_candidates(datastore_path: str, image_name: str) -> list[str]:
             continue
         if base.endswith(_MASTER_EXCLUDED_SUFFIXES):
             continue
+        # a symlink in the datastore must not turn a host file into this image's master
+        inside(path, datastore_path, f"master candidate of {image_name!r}")
         if os.path.isfile(path):
             out.append(path)
     return sorted(out)
@@ -210,25 +208,38 @@ def repository_xml_file_path(repository_path: str | None, image_name: str) -> st
     return None if d is None else os.path.join(d, f"{image_name}.xml")
 
 
-def find_repository_image_file_paths(repository_path: str | None, image_name: str) -> list[str]:
-    """``find "<repo>/" -iname "<name>*.*" -type f`` with VCL's filters (prefix match, as VCL).
+def repository_file_re(image_name: str) -> re.Pattern[str]:
+    """The names a repository file of ``image_name`` may have: ``<name>.<ext>``, or for vmdk a split
+    extent ``<name>-s001.vmdk`` / ``<name>-f001.vmdk`` / ``<name>-flat.vmdk`` (case-insensitive).
 
-    Drops paths containing ``.vmx``, ``.txt`` or ``.xml`` anywhere, paths whose last component has no
-    ``.``, our own ``.part`` files, and, when more than one file remains and the first (sorted) is a
-    ``.vmdk``, the split-vmdk descriptor ``<name>.vmdk``.
+    VCL matches ``<name>*.*``, a prefix: ``img-v1`` then also finds ``img-v10.qcow2`` and qemu-img
+    joins both into one permanent master. Nothing may follow the name but an extension or a vmdk
+    extent suffix, and both start with a character no revision number can continue with.
+    """
+    return re.compile(
+        rf"^{re.escape(image_name)}(?:\.[a-z0-9]+|(?:-[sf]\d{{3}}|-flat)\.vmdk)$", re.IGNORECASE
+    )
+
+
+def find_repository_image_file_paths(repository_path: str | None, image_name: str) -> list[str]:
+    """``find "<repo>/" -iname "<name>.*"`` (plus split-vmdk extents) with VCL's filters.
+
+    Only :func:`repository_file_re` names count (never a prefix match: ``-v1`` is not ``-v10``).
+    Drops paths containing ``.vmx``, ``.txt`` or ``.xml`` anywhere, our own ``.part`` files, and,
+    when more than one file remains and the first (sorted) is a ``.vmdk``, the split-vmdk descriptor
+    ``<name>.vmdk``. A file that resolves outside the repository (a symlink) is refused.
     """
     if not repository_path or not os.path.isdir(repository_path):
         return []
-    pattern = f"{image_name}*.*".lower()
+    wanted = repository_file_re(image_name)
     found = []
     for path in _walk_files(repository_path):
         base = os.path.basename(path)
-        if not fnmatch.fnmatchcase(base.lower(), pattern):
+        if not wanted.match(base) or base.lower().endswith(_MASTER_EXCLUDED_SUFFIXES):
             continue
         if re.search(r"\.(vmx|txt|xml)", path, re.IGNORECASE):
             continue
-        if "." not in base or base.endswith(".part"):
-            continue
+        inside(path, repository_path, f"repository file of {image_name!r}")
         found.append(path)
     found.sort()
     if len(found) > 1 and found[0].lower().endswith(".vmdk"):
@@ -253,12 +264,12 @@ __all__ = [
     "image_repository_search_paths",
     "is_computer_disk",
     "is_computer_domain",
-    "is_valid_mac",
     "master_image_file_path",
     "master_xml_file_path",
     "new_image_name",
     "normalize_mac",
     "reduce_prettyname",
+    "repository_file_re",
     "repository_image_directory_path",
     "repository_image_file_path",
     "repository_xml_file_path",

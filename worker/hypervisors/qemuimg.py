@@ -1,8 +1,18 @@
-"""``qemu-img``, one function per verb. Argument lists only (no shell), timeouts, stderr in errors.
+"""``qemu-img``, one function per verb, all through one runner (:func:`_run`).
 
-* ``info`` uses ``--output=json`` and ``-U`` (force-share, so it works on a running domain's disk).
-* ``create_overlay`` always passes ``-F`` (required since QEMU 6.1).
+* Argument lists only (no shell), a timeout on every call, qemu-img's own stderr in every error.
+* ``-f`` is passed whenever the caller knows the format: qemu-img then never probes it (probing a
+  file that claims to be raw but carries a qcow2 header is how a guest reads host files).
+* ``info`` of a file from a repository runs under CPU-time and address-space limits
+  (:data:`REPOSITORY_LIMITS`): a crafted header must not make qemu-img spin or allocate without end.
+* JSON output is validated: a missing ``format`` or ``virtual-size`` or unparsable ``check`` output is
+  an error, never a default.
 * ``convert`` writes ``<dst>.part`` and renames it atomically; the partial file is removed on failure.
+* Image locking stays on: no verb passes ``-U`` (force-share) unless its caller asks for it
+  (``force_share=True``). A disk a running guest writes cannot then be read half-written: qemu-img
+  fails with "Failed to get shared write lock" instead of copying an inconsistent image.
+* Files qemu-img creates (overlays, ``.part`` copies) are created by us first with mode 0600, so a
+  user's disk is never world-readable, not even while it is being written.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import threading
@@ -18,11 +29,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.hypervisors.errors import DatastoreFullError, ImageCorruptError, PermanentError, QemuImgError
+from worker.hypervisors.errors import DatastoreFullError, PermanentError, QemuImgError
 
 QEMU_IMG = "qemu-img"
 _PROGRESS_RE = re.compile(rb"\(\s*(\d+(?:\.\d+)?)/100%\)")
 _COMPAT_REJECTED_RE = re.compile(r"(Unknown option.*compat|Invalid parameter.*compat)", re.IGNORECASE)
+# File extensions that name a qemu-img format; anything else (".img", ".disk") is probed, under limits.
+_FORMAT_EXTENSIONS = {"qcow2", "qcow", "raw", "vmdk", "vdi", "vhdx", "vpc", "qed"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one qemu-img process (the values OpenStack uses for untrusted images)."""
+
+    cpu_seconds: int = 30
+    address_space_bytes: int = 1 << 30
+
+
+REPOSITORY_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -30,7 +54,7 @@ class ImageInfo:
     filename: str
     format: str
     virtual_size: int
-    actual_size: int
+    actual_size: int | None
     backing_filename: str | None
     full_backing_filename: str | None
     backing_format: str | None
@@ -47,95 +71,62 @@ class CheckResult:
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Completed:
+    rc: int
+    stdout: str
+    stderr: str
+
+
 def available() -> bool:
     return shutil.which(QEMU_IMG) is not None
 
 
-def _run(args: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    cmd = [QEMU_IMG, *args]
+def format_from_extension(path: str) -> str | None:
+    """The qemu-img format a file's extension names, or None when the extension names none."""
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    return ext if ext in _FORMAT_EXTENSIONS else None
+
+
+def _limited_argv(limits: Limits | None) -> tuple[list[str], Callable[[], None] | None]:
+    """util-linux ``prlimit`` as argv prefix; setrlimit in the child only when prlimit is missing
+    (a preexec_fn is unsafe in a threaded process, and the worker runs threads)."""
+    if limits is None:
+        return [], None
+    prlimit = shutil.which("prlimit")
+    if prlimit is not None:
+        return [prlimit, f"--cpu={limits.cpu_seconds}", f"--as={limits.address_space_bytes}", "--"], None
+
+    def _set_limits() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
+        resource.setrlimit(resource.RLIMIT_AS, (limits.address_space_bytes, limits.address_space_bytes))
+
+    return [], _set_limits
+
+
+def _run(
+    args: Sequence[str],
+    timeout: float,
+    *,
+    progress: Callable[[float], None] | None = None,
+    limits: Limits | None = None,
+) -> _Completed:
+    """Run ``qemu-img <args>``: stdout collected (and scanned for ``-p`` progress), stderr kept.
+
+    A timeout kills the process and raises; a non-zero exit is returned for the verb to interpret.
+    """
+    prefix, preexec = _limited_argv(limits)
+    cmd = [*prefix, QEMU_IMG, *args]
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise QemuImgError(f"{' '.join(cmd)} timed out after {timeout:g} s") from exc
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=preexec
+        )
     except FileNotFoundError as exc:
         raise QemuImgError(f"{QEMU_IMG} is not installed") from exc
-
-
-def _fail(args: Sequence[str], rc: int, stderr: str) -> PermanentError:
-    msg = stderr.strip() or "(no output)"
-    if "No space left on device" in msg:
-        return DatastoreFullError(f"qemu-img {' '.join(args)} failed: {msg}")
-    return QemuImgError(f"qemu-img {' '.join(args)} failed (exit {rc}): {msg}")
-
-
-def info(path: str, timeout: float = 60) -> ImageInfo:
-    """``qemu-img info --output=json -U <path>`` as an :class:`ImageInfo`."""
-    if not os.path.exists(path):
-        raise QemuImgError(f"qemu-img info: {path} does not exist")
-    args = ["info", "--output=json", "-U", path]
-    proc = _run(args, timeout)
-    if proc.returncode != 0:
-        raise ImageCorruptError(f"qemu-img cannot read {path}: {proc.stderr.strip()}")
-    try:
-        data = json.loads(proc.stdout)
-    except json.JSONDecodeError as exc:
-        raise QemuImgError(f"qemu-img info {path}: unparsable output {proc.stdout[:200]!r}") from exc
-    specific = (data.get("format-specific") or {}).get("data") or {}
-    return ImageInfo(
-        filename=str(data.get("filename", path)),
-        format=str(data.get("format", "")),
-        virtual_size=int(data.get("virtual-size", 0)),
-        actual_size=int(data.get("actual-size", 0)),
-        backing_filename=data.get("backing-filename"),
-        full_backing_filename=data.get("full-backing-filename"),
-        backing_format=data.get("backing-filename-format"),
-        data_file=specific.get("data-file"),
-        cluster_size=data.get("cluster-size"),
-        raw=data,
-    )
-
-
-def create_overlay(
-    backing: str, overlay: str, backing_format: str, fmt: str = "qcow2", timeout: float = 60
-) -> None:
-    """``qemu-img create -f <fmt> -F <backing fmt> -b <abs backing> <overlay>``; no half file on failure."""
-    backing = os.path.abspath(backing)
-    args = ["create", "-q", "-f", fmt, "-F", backing_format, "-b", backing, overlay]
-    try:
-        proc = _run(args, timeout)
-    except BaseException:
-        _remove_quietly(overlay)
-        raise
-    if proc.returncode != 0:
-        _remove_quietly(overlay)
-        raise _fail(args, proc.returncode, proc.stderr)
-
-
-def create(path: str, size_bytes: int, fmt: str = "qcow2", timeout: float = 60) -> None:
-    """``qemu-img create -f <fmt> <path> <size>`` (blank image)."""
-    args = ["create", "-q", "-f", fmt, path, str(size_bytes)]
-    proc = _run(args, timeout)
-    if proc.returncode != 0:
-        _remove_quietly(path)
-        raise _fail(args, proc.returncode, proc.stderr)
-
-
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _convert_once(
-    args: list[str], timeout: float, progress: Callable[[float], None] | None
-) -> tuple[int, str]:
-    """Run ``qemu-img <args>`` streaming stdout for ``-p`` progress; returns (rc, stderr)."""
-    proc = subprocess.Popen(
-        [QEMU_IMG, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
-    )
     assert proc.stdout is not None and proc.stderr is not None
-    stderr_chunks: list[bytes] = []
+    err_chunks: list[bytes] = []
     err_stream = proc.stderr
-    reader = threading.Thread(target=lambda: stderr_chunks.append(err_stream.read()), daemon=True)
+    reader = threading.Thread(target=lambda: err_chunks.append(err_stream.read()), daemon=True)
     reader.start()
     timed_out = threading.Event()
 
@@ -146,22 +137,20 @@ def _convert_once(
 
     timer = threading.Timer(timeout, _kill)
     timer.start()
-    last = -1.0
-    buf = b""
+    out = bytearray()
+    last, pending = -1.0, b""
     try:
-        while True:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            buf += chunk
-            *parts, buf = re.split(rb"[\r\n]", buf)
-            for part in parts:
-                m = _PROGRESS_RE.search(part)
-                if m and progress is not None:
-                    pct = float(m.group(1))
-                    if pct != last:
-                        last = pct
-                        progress(pct)
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            out += chunk
+            if progress is None:
+                continue
+            # -p redraws "(nn.nn/100%)" with carriage returns; report each new value once
+            *lines, pending = re.split(rb"[\r\n]", pending + chunk)
+            for line in lines:
+                m = _PROGRESS_RE.search(line)
+                if m and float(m.group(1)) != last:
+                    last = float(m.group(1))
+                    progress(last)
         rc = proc.wait()
     except BaseException:
         _kill()
@@ -170,10 +159,126 @@ def _convert_once(
     finally:
         timer.cancel()
         reader.join(5)
-    stderr = b"".join(stderr_chunks).decode(errors="replace")
+        proc.stdout.close()
+        err_stream.close()
+    stderr = b"".join(err_chunks).decode(errors="replace")
     if timed_out.is_set():
-        raise QemuImgError(f"qemu-img {' '.join(args)} timed out after {timeout:g} s: {stderr.strip()}")
-    return rc, stderr
+        raise QemuImgError(
+            f"qemu-img {' '.join(args)} timed out after {timeout:g} s: {stderr.strip()}", stderr=stderr
+        )
+    return _Completed(rc, out.decode(errors="replace"), stderr)
+
+
+def _fail(args: Sequence[str], done: _Completed) -> PermanentError:
+    msg = done.stderr.strip() or "(no output)"
+    if "No space left on device" in msg:
+        return DatastoreFullError(f"qemu-img {' '.join(args)} failed: {msg}")
+    return QemuImgError(
+        f"qemu-img {' '.join(args)} failed (exit {done.rc}): {msg}", rc=done.rc, stderr=done.stderr
+    )
+
+
+def _json_object(args: Sequence[str], text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QemuImgError(f"qemu-img {' '.join(args)}: unparsable output {text[:200]!r}") from exc
+    if not isinstance(data, dict):
+        raise QemuImgError(f"qemu-img {' '.join(args)}: expected a JSON object, got {text[:200]!r}")
+    return data
+
+
+def _fmt(flag: str, fmt: str | None) -> list[str]:
+    return [flag, fmt] if fmt else []
+
+
+def _share(force_share: bool) -> list[str]:
+    return ["-U"] if force_share else []
+
+
+def _precreate(path: str, mode: int = 0o600) -> None:
+    """An empty ``path`` with ``mode`` (O_EXCL: never an existing file); qemu-img truncates and
+    writes it but keeps its mode, whatever the umask."""
+    _remove_quietly(path)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode))
+    os.chmod(path, mode)  # the umask may have cleared bits of ``mode``
+
+
+def _finish_file(path: str, mode: int, owner: tuple[int, int] | None) -> None:
+    if owner is not None:
+        os.chown(path, owner[0], owner[1], follow_symlinks=False)
+    os.chmod(path, mode)
+
+
+def info(
+    path: str,
+    fmt: str | None = None,
+    *,
+    timeout: float = 60,
+    limits: Limits | None = None,
+    force_share: bool = False,
+) -> ImageInfo:
+    """``qemu-img info --output=json [-U] [-f fmt] <path>``.
+
+    Without ``force_share`` the image's lock is respected: a disk a running guest writes is refused
+    ("Failed to get shared write lock"); masters (only ever opened read-only) are read as usual."""
+    if not os.path.exists(path):
+        raise QemuImgError(f"qemu-img info: {path} does not exist")
+    args = ["info", "--output=json", *_share(force_share), *_fmt("-f", fmt), path]
+    done = _run(args, timeout, limits=limits)
+    if done.rc != 0:
+        raise _fail(args, done)
+    data = _json_object(args, done.stdout)
+    found_format, virtual_size = data.get("format"), data.get("virtual-size")
+    if not isinstance(found_format, str) or not found_format:
+        raise QemuImgError(f"qemu-img info {path}: no 'format' in {done.stdout[:200]!r}")
+    if not isinstance(virtual_size, int):
+        raise QemuImgError(f"qemu-img info {path}: no 'virtual-size' in {done.stdout[:200]!r}")
+    specific = (data.get("format-specific") or {}).get("data") or {}
+    return ImageInfo(
+        filename=str(data.get("filename", path)),
+        format=found_format,
+        virtual_size=virtual_size,
+        actual_size=data.get("actual-size"),
+        backing_filename=data.get("backing-filename"),
+        full_backing_filename=data.get("full-backing-filename"),
+        backing_format=data.get("backing-filename-format"),
+        data_file=specific.get("data-file"),
+        cluster_size=data.get("cluster-size"),
+        raw=data,
+    )
+
+
+def create_overlay(
+    backing: str,
+    overlay: str,
+    backing_format: str,
+    fmt: str = "qcow2",
+    timeout: float = 60,
+    *,
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
+) -> None:
+    """``qemu-img create -f <fmt> -F <backing fmt> -b <abs backing> <overlay>``; no half file on failure.
+
+    ``-F`` is required since QEMU 6.1 and keeps the backing file from ever being probed. The overlay
+    holds the user's data: created 0600 (``mode``), then given to ``owner`` (uid, gid) when set.
+    """
+    args = ["create", "-q", "-f", fmt, "-F", backing_format, "-b", os.path.abspath(backing), overlay]
+    try:
+        _precreate(overlay)
+        done = _run(args, timeout)
+        if done.rc != 0:
+            raise _fail(args, done)
+        _finish_file(overlay, mode, owner)
+    except BaseException:
+        _remove_quietly(overlay)
+        raise
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def convert(
@@ -181,72 +286,86 @@ def convert(
     dst: str,
     out_fmt: str,
     *,
+    src_fmt: str | None = None,
     compat: str | None = None,
     progress: Callable[[float], None] | None = None,
     timeout: float = 7200,
-    mode: int | None = None,
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
+    force_share: bool = False,
 ) -> None:
-    """``qemu-img convert -p <srcs> -O <fmt> [-o compat=<compat>] <dst>.part`` then rename to ``dst``.
+    """``qemu-img convert -p [-U] [-f src] <srcs> -O <fmt> [-o compat=…] <dst>.part``, renamed to ``dst``.
 
     When ``compat`` is rejected by qemu-img the copy is retried once without it (VCL-911). On any
-    failure the ``.part`` file is removed and ``dst`` is untouched. ``mode`` is applied before rename.
+    failure the ``.part`` file is removed and ``dst`` is untouched. The ``.part`` file is 0600 while
+    it is written; ``mode`` (and ``owner``) are applied before the rename.
     """
     srcs = [sources] if isinstance(sources, str) else list(sources)
     part = f"{dst}.part"
     os.makedirs(os.path.dirname(os.path.abspath(dst)) or ".", exist_ok=True)
-    base = ["convert", "-p", "-U", *srcs, "-O", out_fmt]
+    base = ["convert", "-p", *_share(force_share), *_fmt("-f", src_fmt), *srcs, "-O", out_fmt]
     try:
-        _remove_quietly(part)
+        _precreate(part)
         args = [*base, "-o", f"compat={compat}", part] if compat else [*base, part]
-        rc, stderr = _convert_once(args, timeout, progress)
-        if rc != 0 and compat and _COMPAT_REJECTED_RE.search(stderr):
-            _remove_quietly(part)
+        done = _run(args, timeout, progress=progress)
+        if done.rc != 0 and compat and _COMPAT_REJECTED_RE.search(done.stderr):
+            _precreate(part)
             args = [*base, part]
-            rc, stderr = _convert_once(args, timeout, progress)
-        if rc != 0:
-            raise _fail(args, rc, stderr)
-        if mode is not None:
-            os.chmod(part, mode)
+            done = _run(args, timeout, progress=progress)
+        if done.rc != 0:
+            raise _fail(args, done)
+        _finish_file(part, mode, owner)
         os.replace(part, dst)
     except BaseException:
         _remove_quietly(part)
         raise
 
 
-def compare(a: str, b: str, timeout: float = 600) -> bool:
-    """``qemu-img compare -U a b``: True when the guest-visible contents are identical."""
-    args = ["compare", "-U", a, b]
-    proc = _run(args, timeout)
-    if proc.returncode == 0:
-        return True
-    if proc.returncode == 1:
-        return False
-    raise _fail(args, proc.returncode, proc.stderr)
+def compare(
+    a: str,
+    b: str,
+    fmt_a: str | None = None,
+    fmt_b: str | None = None,
+    timeout: float = 600,
+    *,
+    force_share: bool = False,
+) -> bool:
+    """``qemu-img compare [-U] [-f] [-F] a b``: True when the guest-visible contents are identical."""
+    args = ["compare", *_share(force_share), *_fmt("-f", fmt_a), *_fmt("-F", fmt_b), a, b]
+    done = _run(args, timeout)
+    if done.rc in (0, 1):
+        return done.rc == 0
+    raise _fail(args, done)
 
 
-def check(path: str, timeout: float = 600) -> CheckResult:
-    """``qemu-img check --output=json``: exit 0 clean, 2 corruptions, 3 leaks only."""
-    args = ["check", "--output=json", "-U", path]
-    proc = _run(args, timeout)
-    if proc.returncode not in (0, 2, 3):
-        raise _fail(args, proc.returncode, proc.stderr)
+def check(
+    path: str, fmt: str | None = None, timeout: float = 600, *, force_share: bool = False
+) -> CheckResult:
+    """``qemu-img check --output=json``: exit 0 clean, 2 corruptions, 3 leaks only; else an error."""
+    args = ["check", "--output=json", *_share(force_share), *_fmt("-f", fmt), path]
+    done = _run(args, timeout)
+    if done.rc not in (0, 2, 3):
+        raise _fail(args, done)
+    data = _json_object(args, done.stdout)
+    if "check-errors" not in data:  # mandatory in qemu's ImageCheck: without it this is not a report
+        raise QemuImgError(f"qemu-img {' '.join(args)}: no 'check-errors' in {done.stdout[:200]!r}")
     try:
-        data = json.loads(proc.stdout) if proc.stdout.strip() else {}
-    except json.JSONDecodeError:
-        data = {}
-    corruptions = int(data.get("corruptions", 0))
-    leaks = int(data.get("leaks", 0))
-    return CheckResult(ok=proc.returncode == 0, corruptions=corruptions, leaks=leaks, raw=data)
+        corruptions, leaks = int(data.get("corruptions", 0)), int(data.get("leaks", 0))
+    except (TypeError, ValueError) as exc:
+        raise QemuImgError(f"qemu-img {' '.join(args)}: unparsable counts in {data!r}") from exc
+    return CheckResult(ok=done.rc == 0, corruptions=corruptions, leaks=leaks, raw=data)
 
 
 __all__ = [
+    "REPOSITORY_LIMITS",
     "CheckResult",
     "ImageInfo",
+    "Limits",
     "available",
     "check",
     "compare",
     "convert",
-    "create",
     "create_overlay",
+    "format_from_extension",
     "info",
 ]

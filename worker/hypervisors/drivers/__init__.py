@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from worker.hypervisors.drivers.base import Driver, registered_drivers, select_driver
+from worker.hypervisors.drivers.base import Driver, select_driver
 from worker.hypervisors.drivers.kvm import KVMDriver
 from worker.hypervisors.drivers.simulated import SimulatedDriver
 
-__all__ = ["Driver", "KVMDriver", "SimulatedDriver", "registered_drivers", "select_driver"]
+__all__ = ["Driver", "KVMDriver", "SimulatedDriver", "select_driver"]

@@ -3,34 +3,76 @@
 from __future__ import annotations
 
 import contextlib
+import grp
 import logging
 import os
+import pwd
 import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import filelock
 
 from worker.failpoints import failpoint
-from worker.hypervisors import qemuimg
-from worker.hypervisors.drivers.base import register_driver
+from worker.hypervisors import qemuimg, vmdk
+from worker.hypervisors.domain_type import DomainTypeChoice, choose_domain_type
+from worker.hypervisors.drivers.base import (
+    CopyProgress,
+    DiskOptions,
+    MasterImage,
+    PreparedDisk,
+    register_driver,
+)
 from worker.hypervisors.errors import (
     ImageCorruptError,
     ImageNotFoundError,
     InvalidInputError,
     LockTimeoutError,
+    QemuImgError,
 )
 
 if TYPE_CHECKING:
     from worker.hypervisors.host import LibvirtHost
-    from worker.hypervisors.provisioner import LibvirtProvisioner
 
 log = logging.getLogger(__name__)
 _warned = {"virt-win-reg": False}
-MASTER_MODE = 0o444
+MASTER_MODE = 0o444  # masters are shared by every overlay: nobody writes them after the copy
+# A domain's own disk holds the user's data: QEMU's user only (libvirt's dynamic ownership would
+# chown it at start anyway; doing it here also works where that is switched off).
+DISK_MODE = 0o600
+# Repository copies of a captured image: the user's work, not for every local account to read.
+COPY_MODE = 0o640
+_QEMU_USERS = ("libvirt-qemu", "qemu")  # Debian/Ubuntu, then Fedora/RHEL
+
+
+def qemu_owner() -> tuple[int, int] | None:
+    """(uid, gid) QEMU runs as, when we may chown to it (root) and that user exists."""
+    if os.geteuid() != 0:
+        return None
+    for name in _QEMU_USERS:
+        with contextlib.suppress(KeyError):
+            pw = pwd.getpwnam(name)
+            # libvirt's default qemu.conf group is the user's namesake (Debian: libvirt-qemu, whose
+            # primary group is kvm); libvirt's dynamic ownership would set the same pair at start.
+            with contextlib.suppress(KeyError):
+                return pw.pw_uid, grp.getgrnam(name).gr_gid
+            return pw.pw_uid, pw.pw_gid
+    return None
+
+
+def known_format(path: str, fallback: str | None, what: str) -> str:
+    """The format of ``path`` from its extension, else ``fallback`` (the vmprofile's image type)
+    when that names a qemu-img format; never left to qemu-img's probing."""
+    fmt = qemuimg.format_from_extension(path) or qemuimg.format_from_extension(f"x.{fallback or ''}")
+    if fmt is None:
+        raise InvalidInputError(
+            f"{what} {path}: cannot tell its format (extension and image type {fallback!r} name no "
+            "qemu-img format) and formats are never probed"
+        )
+    return fmt
 
 
 def _windows_reg_text() -> str:
@@ -44,8 +86,21 @@ def _windows_reg_text() -> str:
     return "\r\n".join(lines)
 
 
+_logged_choice: dict[str, DomainTypeChoice] = {}
+
+
+def _prefer_vmdk_descriptor(files: list[str], image_name: str) -> list[str]:
+    """A vmdk's descriptor ``<name>.vmdk`` next to its extents stands for them all (VCL's search
+    drops it; a flat extent alone is raw data, not a vmdk qemu-img could open)."""
+    if not files or not all(f.lower().endswith(".vmdk") for f in files):
+        return files
+    descriptor = os.path.join(os.path.dirname(files[0]), f"{image_name}.vmdk")
+    return [descriptor] if os.path.isfile(descriptor) else files
+
+
 class KVMDriver:
     name = "KVM"
+    boots_guests = True
 
     def __init__(self) -> None:
         self.has_virt_win_reg = False
@@ -68,43 +123,39 @@ class KVMDriver:
             )
         return True
 
-    def get_domain_type(self, host: LibvirtHost) -> str:
-        """``kvm`` when the host offers it and /dev/kvm exists, else ``qemu`` (TCG)."""
-        if os.path.exists("/dev/kvm") and host.offers_domain_type("kvm"):
-            return "kvm"
-        return "qemu"
+    def get_domain_type(self, host: LibvirtHost, override: str = "") -> str:
+        """``kvm`` only where hardware KVM runs unmodified guests, else ``qemu`` (TCG); see
+        :mod:`worker.hypervisors.domain_type`. The choice and its reason are logged once per process."""
+        choice = choose_domain_type(override or None, libvirt_offers=host.offers_domain_type)
+        if _logged_choice.get(host.uri) != choice:
+            _logged_choice[host.uri] = choice
+            log.info("domain type on %s: %s (%s)", host.uri, choice.domain_type, choice.reason)
+        return choice.domain_type
 
     def get_disk_driver_name(self) -> str:
         return "qemu"
 
-    def extend_domain_xml(self, prov: LibvirtProvisioner, xml: str) -> str:
-        return xml
-
     # ------------------------------------------------------------------ disk helpers
-    def get_virtual_disk_file_info(self, path: str, timeout: float = 60) -> qemuimg.ImageInfo:
-        return qemuimg.info(path, timeout=timeout)
-
-    def get_virtual_disk_size_bytes(self, paths: Sequence[str], timeout: float = 60) -> int:
-        total = 0
-        for p in paths:
-            inf = qemuimg.info(p, timeout=timeout)
-            total += inf.actual_size
-            if inf.full_backing_filename and os.path.exists(inf.full_backing_filename):
-                total += self.get_virtual_disk_size_bytes([inf.full_backing_filename], timeout)
-        return total
-
     def copy_virtual_disk(
         self,
         sources: str | Sequence[str],
         dst: str,
         fmt: str,
         *,
-        progress: Callable[[float], None] | None = None,
+        source_format: str | None = None,
+        progress: CopyProgress | None = None,
         compat: str | None = None,
         timeout: float = 7200,
+        read_only: bool = False,
         mode: int | None = None,
+        owner: tuple[int, int] | None = None,
     ) -> None:
-        """``qemu-img convert -p`` to ``<dst>.part`` then rename; the extension must equal the format."""
+        """``qemu-img convert -p`` to ``<dst>.part`` then rename; the extension must equal the format.
+
+        ``read_only`` makes the result a master: mode 0444 before it appears under its name; other
+        copies get :data:`COPY_MODE` unless ``mode`` says otherwise. Image locks are respected: a
+        source a running guest writes is refused, never copied half-written.
+        """
         ext = os.path.splitext(dst)[1].lstrip(".")
         if ext.lower() != fmt.lower():
             raise InvalidInputError(f"destination {dst!r} extension {ext!r} does not match format {fmt!r}")
@@ -117,7 +168,19 @@ class KVMDriver:
             )
             if descriptor != first and os.path.exists(descriptor):
                 srcs = [descriptor]
-        qemuimg.convert(srcs, dst, fmt, compat=compat, progress=progress, timeout=timeout, mode=mode)
+            for src in srcs:
+                vmdk.check_descriptor(src)  # no extent outside the image's directory is ever read
+        qemuimg.convert(
+            srcs,
+            dst,
+            fmt,
+            src_fmt=source_format,
+            compat=compat,
+            progress=progress,
+            timeout=timeout,
+            mode=MASTER_MODE if read_only else (COPY_MODE if mode is None else mode),
+            owner=owner,
+        )
         # the captured-domain XML follows the image (KVM.pm copy_virtual_disk)
         src_xml = os.path.splitext(srcs[0])[0] + ".xml"
         dst_xml = os.path.splitext(dst)[0] + ".xml"
@@ -125,35 +188,34 @@ class KVMDriver:
             with contextlib.suppress(OSError):
                 shutil.copyfile(src_xml, dst_xml)
 
-    def create_copy_on_write_image(
-        self, master: str, cow: str, fmt: str = "qcow2", timeout: float = 60
-    ) -> None:
-        inf = self.validate_master(master, None, timeout)
-        qemuimg.create_overlay(master, cow, backing_format=inf.format, fmt=fmt, timeout=timeout)
-
     def validate_master(
-        self, master: str, expected_format: str | None, timeout: float = 60
+        self, path: str, fmt: str | None, timeout: float = 60, limits: qemuimg.Limits | None = None
     ) -> qemuimg.ImageInfo:
-        """Refuse unreadable masters, format mismatches and masters with a backing file or data-file."""
+        """Refuse masters qemu-img cannot read as ``fmt`` and masters with a backing file or data-file.
+
+        qemu-img's own message stays in the error; a timeout or a permission problem is not called
+        corrupt (re-raised as the :class:`QemuImgError` it is). A vmdk must keep its extents in its
+        own directory (checked in the descriptor before qemu-img opens it, then in qemu-img's view).
+        """
+        if fmt is None:
+            raise InvalidInputError(f"master {path}: no format given and formats are never probed")
+        if fmt == "vmdk":
+            vmdk.check_descriptor(path)
         try:
-            inf = qemuimg.info(master, timeout=timeout)
-        except ImageCorruptError:
-            raise
-        except Exception as exc:
-            raise ImageCorruptError(f"master {master} cannot be inspected: {exc}") from exc
-        if expected_format and inf.format != expected_format:
-            raise ImageCorruptError(
-                f"master {master} is not a valid {expected_format} image "
-                f"(qemu-img detects format {inf.format!r})"
-            )
+            inf = qemuimg.info(path, fmt, timeout=timeout, limits=limits)
+        except QemuImgError as exc:
+            if exc.rc is None or "Permission denied" in exc.stderr:
+                raise
+            as_fmt = f" as {fmt}" if fmt else ""
+            raise ImageCorruptError(f"master {path} cannot be read{as_fmt}: {exc}") from exc
         if inf.backing_filename:
             raise ImageCorruptError(
-                f"master {master} has its own backing file {inf.backing_filename!r}; refusing it"
+                f"master {path} has its own backing file {inf.backing_filename!r}; refusing it"
             )
         if inf.data_file:
-            raise ImageCorruptError(
-                f"master {master} has an external data-file {inf.data_file!r}; refusing it"
-            )
+            raise ImageCorruptError(f"master {path} has an external data-file {inf.data_file!r}; refusing it")
+        if inf.format == "vmdk":
+            vmdk.check_info_extents(path, inf.raw)
         return inf
 
     def update_windows_image(self, disk: str) -> bool:
@@ -180,9 +242,8 @@ class KVMDriver:
 
     # ------------------------------------------------------------------ locking
     @contextlib.contextmanager
-    def image_lock(self, prov: LibvirtProvisioner, image_name: str, timeout: float) -> Iterator[None]:
+    def image_lock(self, lock_dir: str, image_name: str, timeout: float) -> Iterator[None]:
         """Cross-process per-image lock ``<lock_dir>/master-<image>.lock`` (filelock)."""
-        lock_dir = prov.settings.lock_dir
         os.makedirs(lock_dir, mode=0o755, exist_ok=True)
         lock = filelock.FileLock(os.path.join(lock_dir, f"master-{image_name}.lock"), timeout=timeout)
         try:
@@ -196,74 +257,112 @@ class KVMDriver:
         finally:
             lock.release()
 
-    # ------------------------------------------------------------------ pre_define
-    def ensure_master(self, prov: LibvirtProvisioner) -> tuple[str, bool]:
-        """Master present (copied from the repository under the per-image lock if missing). (path, copied)."""
-        image_name = prov.get_image_name()
-        dstype = prov.datastore_imagetype
-        settings = prov.settings
-        master = prov.get_master_image_file_path()
-        if os.path.isfile(master):
-            return master, False
-        with self.image_lock(prov, image_name, timeout=settings.qemu_img_convert_timeout):
-            master = prov.get_master_image_file_path()  # re-check inside the lock
-            if os.path.isfile(master):
-                return master, False
-            repo_files = prov.find_repository_image_file_paths()
+    # ------------------------------------------------------------------ disk of a new domain
+    def ensure_master(
+        self, master: MasterImage, options: DiskOptions, on_copy: CopyProgress | None = None
+    ) -> tuple[str, bool]:
+        """The master's path, copied from the repository under the per-image lock if missing, and
+        whether this call copied it."""
+        path = master.path()
+        if os.path.isfile(path):
+            return path, False
+        with self.image_lock(options.lock_dir, master.image_name, timeout=options.convert_timeout):
+            path = master.path()  # re-check inside the lock: another process may have copied it
+            if os.path.isfile(path):
+                return path, False
+            repo_files = master.repository_files()
             if not repo_files:
-                repo = prov.reservation.vmprofile.repository_path
                 where = (
-                    f"repository {repo!r} has no file matching {image_name!r}*"
-                    if repo
-                    else ("no image repository is configured")
+                    f"repository {master.repository_path!r} has no file matching {master.image_name!r}*"
+                    if master.repository_path
+                    else "no image repository is configured"
                 )
                 raise ImageNotFoundError(
-                    f"master image {master} for {image_name!r} does not exist in the datastore and {where}"
+                    f"master image {path} for {master.image_name!r} does not exist in the datastore "
+                    f"and {where}"
                 )
-            for src in repo_files:
-                # qemu-img convert flattens a backing chain: a repository file whose backing file or
-                # data-file points elsewhere would copy that file's bytes into the new master.
-                self.validate_master(src, None, settings.qemu_img_info_timeout)
-            os.makedirs(os.path.dirname(master), mode=0o755, exist_ok=True)
-            prov.emit("copy", f"copying {image_name} from the repository", 0.0)
+            repo_files = _prefer_vmdk_descriptor(repo_files, master.image_name)
+            # Several files are joined into one master only as the extents of one split vmdk; any
+            # other set (name.qcow2 + name.raw) is ambiguous and would become one permanent master.
+            if len(repo_files) > 1 and not all(f.lower().endswith(".vmdk") for f in repo_files):
+                names = ", ".join(os.path.basename(f) for f in repo_files)
+                raise ImageCorruptError(
+                    f"repository {master.repository_path!r} has several files for {master.image_name!r} "
+                    f"({names}); only the extents of one split vmdk are ever joined: refusing them"
+                )
+            # qemu-img convert flattens a backing chain: a repository file whose backing file or
+            # data-file points elsewhere would copy that file's bytes into the new master. Repository
+            # files are not ours, so qemu-img inspects them under resource limits, as the format
+            # their name gives (never probed).
+            formats = {
+                self.validate_master(
+                    src,
+                    known_format(src, None, "repository file"),
+                    options.info_timeout,
+                    qemuimg.REPOSITORY_LIMITS,
+                ).format
+                for src in repo_files
+            }
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            if on_copy is not None:
+                on_copy(0.0)
 
-            def on_copy(pct: float) -> None:
+            def copied(pct: float) -> None:
                 if pct >= 30.0:
                     failpoint("core.master_copy")
-                prov.emit("copy", f"copying {image_name}", pct)
+                if on_copy is not None:
+                    on_copy(pct)
 
             self.copy_virtual_disk(
                 repo_files,
-                master,
-                dstype,
-                progress=on_copy,
-                timeout=settings.qemu_img_convert_timeout,
-                mode=MASTER_MODE,
+                path,
+                master.datastore_imagetype,
+                source_format=formats.pop() if len(formats) == 1 else None,
+                progress=copied,
+                timeout=options.convert_timeout,
+                read_only=True,
             )
-            if "windows" in prov.reservation.os_type.lower():
-                self.update_windows_image(master)
-            return master, True
+            if master.windows:
+                self.update_windows_image(path)
+            return path, True
 
-    def pre_define(self, prov: LibvirtProvisioner) -> bool:
+    def prepare_disk(
+        self, master: MasterImage, cow_path: str, options: DiskOptions, on_copy: CopyProgress | None = None
+    ) -> PreparedDisk:
         """Master from the repository if missing, then the COW overlay (explicit backing format)."""
-        master, copied = self.ensure_master(prov)
-        prov.master_copied = copied
-        timeout = prov.settings.qemu_img_info_timeout
-        dstype = prov.datastore_imagetype
-        inf = self.validate_master(master, dstype if dstype in ("qcow2", "qcow", "raw") else None, timeout)
-        cow = prov.get_copy_on_write_file_path()
-        os.makedirs(os.path.dirname(cow), mode=0o755, exist_ok=True)
-        if os.path.lexists(cow):
-            os.unlink(cow)
+        master_path, copied = self.ensure_master(master, options, on_copy)
+        dstype = master.datastore_imagetype
+        inf = self.validate_master(
+            master_path, known_format(master_path, dstype, "master"), options.info_timeout
+        )
+        os.makedirs(os.path.dirname(cow_path), mode=0o755, exist_ok=True)
+        if os.path.lexists(cow_path):
+            os.unlink(cow_path)
+        owner = qemu_owner()
         if re.match(r"^qcow2?$", dstype):
-            qemuimg.create_overlay(master, cow, backing_format=inf.format, fmt=dstype, timeout=timeout)
+            qemuimg.create_overlay(
+                master_path,
+                cow_path,
+                backing_format=inf.format,
+                fmt=dstype,
+                timeout=options.info_timeout,
+                mode=DISK_MODE,
+                owner=owner,
+            )
             failpoint("core.after_cow")
         else:
-            self.copy_virtual_disk(master, cow, dstype, timeout=prov.settings.qemu_img_convert_timeout)
-        prov.master_path = master
-        return True
+            self.copy_virtual_disk(
+                master_path,
+                cow_path,
+                dstype,
+                source_format=inf.format,
+                timeout=options.convert_timeout,
+                mode=DISK_MODE,
+                owner=owner,
+            )
+        return PreparedDisk(master_path=master_path, cow_path=cow_path, master_copied=copied)
 
 
 register_driver("KVM", KVMDriver)
 
-__all__ = ["MASTER_MODE", "KVMDriver"]
+__all__ = ["COPY_MODE", "DISK_MODE", "MASTER_MODE", "KVMDriver", "known_format", "qemu_owner"]

@@ -19,11 +19,13 @@ if TYPE_CHECKING:
 
 class SimulatedDriver(KVMDriver):
     name = "Simulated"
+    # libvirt's test driver only pretends to run domains: nothing boots, nothing can answer.
+    boots_guests = False
 
     def probe(self, host: LibvirtHost) -> bool:
         return host.hypervisor_type().upper() == "TEST" and qemuimg.available()
 
-    def get_domain_type(self, host: LibvirtHost) -> str:
+    def get_domain_type(self, host: LibvirtHost, override: str = "") -> str:
         return "test"
 
 

@@ -1,0 +1,122 @@
+"""Capture a computer's domain into a new image revision (libvirt.pm:capture).
+
+The domain is found by the computer's MAC, shut down (gracefully, then hard), and its COW flattened
+with ``qemu-img convert`` into a new standalone read-only master under the per-image lock, plus a
+repository copy when the vmprofile has a repository. An existing revision is never overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from worker.config import Settings
+from worker.hypervisors import naming
+from worker.hypervisors.drivers.base import Driver
+from worker.hypervisors.errors import ImageExistsError, InvalidInputError, PermanentError
+from worker.hypervisors.host import LibvirtHost
+from worker.hypervisors.layout import Layout
+from worker.hypervisors.lifecycle import remove_domain
+from worker.hypervisors.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    new_image_name: str
+    domain_name: str
+    master_path: str
+    master_size_bytes: int
+    repository_path: str | None
+    timings: Mapping[str, float]
+
+
+def _refuse_existing(path: str | None, what: str) -> None:
+    if path and os.path.exists(path):
+        raise ImageExistsError(f"capture target {what} {path} already exists; refusing to overwrite it")
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    part = f"{path}.part"
+    with open(part, "w") as fh:
+        fh.write(text)
+    os.replace(part, path)
+
+
+def capture(
+    host: LibvirtHost, driver: Driver, layout: Layout, settings: Settings, progress: Progress
+) -> CaptureResult:
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    new_name = naming.validate_name(layout.new_image_name, "new image name")
+    macs = layout.computer_macs
+    if not macs:
+        raise InvalidInputError(
+            f"computer {layout.reservation.computer_hostname!r} has no MAC address to find its domain by"
+        )
+    guest = host.guest_by_mac(macs)
+    domain = guest.name
+    master = layout.master_path(new_name)
+    repo_file = layout.repository_file(new_name)
+    _refuse_existing(master, "master")
+    _refuse_existing(repo_file, "repository file")
+    dom_xml = guest.xml(inactive=True)
+    progress("capture", f"shutting down {domain}", 0.0)
+    t = time.monotonic()
+    guest.shutdown(settings.shutdown_timeout, settings.shutdown_retry_interval)
+    timings["shutdown"] = round(time.monotonic() - t, 3)
+    disks = guest.disks()
+    if not disks:
+        raise PermanentError(f"domain {domain} has no disk to capture")
+    if len(disks) > 1:
+        log.warning("domain %s has %d disks; only %s is captured", domain, len(disks), disks[0].path)
+    t = time.monotonic()
+    timeout = settings.qemu_img_convert_timeout
+    with driver.image_lock(settings.lock_dir, new_name, timeout):
+        _refuse_existing(master, "master")  # again: another capture may have won the lock first
+        driver.copy_virtual_disk(
+            disks[0].path,
+            master,
+            layout.datastore_imagetype,
+            source_format=disks[0].format or layout.datastore_imagetype,
+            progress=progress.copy("capture", f"capturing {domain}"),
+            timeout=timeout,
+            read_only=True,
+        )
+        _write_text_atomic(layout.master_xml_path(new_name), dom_xml)
+    timings["copy_to_master"] = round(time.monotonic() - t, 3)
+    if repo_file:
+        t = time.monotonic()
+        driver.copy_virtual_disk(
+            master,
+            repo_file,
+            layout.reservation.vmprofile.repository_imagetype,
+            source_format=layout.datastore_imagetype,
+            compat="0.10",
+            progress=progress.copy("capture", f"copying {new_name} to the repository"),
+            timeout=timeout,
+        )
+        repo_xml = layout.repository_xml(new_name)
+        if repo_xml:
+            _write_text_atomic(repo_xml, dom_xml)
+        timings["copy_to_repository"] = round(time.monotonic() - t, 3)
+    if layout.reservation.request_state == "image":
+        remove_domain(guest, True, settings.roots)
+    timings["total"] = round(time.monotonic() - t0, 3)
+    progress("capture", f"captured {new_name}", 100.0)
+    return CaptureResult(
+        new_image_name=new_name,
+        domain_name=domain,
+        master_path=master,
+        master_size_bytes=os.stat(master).st_size,
+        repository_path=repo_file,
+        timings=timings,
+    )
+
+
+__all__ = ["CaptureResult", "capture"]

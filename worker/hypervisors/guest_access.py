@@ -1,0 +1,141 @@
+"""How VCL reaches a loaded guest: its address, the proof that it answers, and post-load.
+
+VCL connects to a VM at ``computer.privateIPaddress`` (the MAC is ``eth0macaddress``). On a libvirt
+network with DHCP the worker pins that address with a DHCP host entry before the domain starts; on
+a plain bridge the site's DHCP hands it out and we find it from libvirt (lease, then ARP). A
+reservation is loaded only when the guest answers on its connect-method port (SSH: an ``SSH-2.0-``
+banner) and the post-load step ran: a ``running`` domain may still be in its BIOS, or have panicked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from worker.config import Settings
+from worker.hypervisors import postload
+from worker.hypervisors.domain_xml import NicSpec
+from worker.hypervisors.errors import PermanentError, TransientError
+from worker.hypervisors.host import LibvirtHost
+from worker.hypervisors.network import LibvirtNetwork, domain_ipv4_addresses
+from worker.hypervisors.readiness import GuestNotReadyError, wait_for_port
+from worker.reservation import Reservation
+
+log = logging.getLogger(__name__)
+
+# Probe budget of node_status: long enough for a live guest to answer, short enough to poll.
+STATUS_PROBE_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class GuestAnswer:
+    address: str
+    port: int
+    banner: str
+    seconds: float  # from the start of the wait until the guest answered
+    post_load_seconds: float = 0.0
+
+
+def readiness_timeout(r: Reservation, settings: Settings) -> float:
+    """VCL_READY_TIMEOUT, else the image's ``reloadtime`` (minutes; VCL's own load estimate)."""
+    if settings.ready_timeout > 0:
+        return float(settings.ready_timeout)
+    return float(max(r.image_reloadtime_minutes, 1) * 60)
+
+
+def pin_private_address(host: LibvirtHost, r: Reservation, eth0: NicSpec | None) -> bool:
+    """Add the MAC → ``privateIPaddress`` DHCP host entry on eth0's libvirt network (idempotent).
+
+    Returns False where it does not apply: no private address, a plain bridge, or a network without
+    DHCP (the site's own DHCP then owns the address).
+    """
+    if eth0 is None or eth0.kind != "network" or not r.computer_private_ip:
+        return False
+    network = LibvirtNetwork.lookup(host, eth0.source)
+    if not network.has_dhcp():
+        return False
+    network.ensure_dhcp_host(eth0.mac, r.computer_private_ip, r.computer_short_name)
+    return True
+
+
+def find_address(
+    host: LibvirtHost, domain_name: str, r: Reservation, mac: str | None, deadline: float
+) -> str:
+    """The guest's address: ``privateIPaddress`` when VCL has one, else what libvirt learns of it."""
+    if r.computer_private_ip:
+        return r.computer_private_ip
+    start = time.monotonic()
+    while True:
+        found = domain_ipv4_addresses(host, domain_name, mac)
+        if found:
+            return found[0]
+        if time.monotonic() - start >= deadline:
+            raise GuestNotReadyError(domain_name, r.readiness_port, deadline, "no address in leases or ARP")
+        time.sleep(1.0)
+
+
+def wait_until_answering(
+    host: LibvirtHost, domain_name: str, r: Reservation, mac: str | None, settings: Settings
+) -> GuestAnswer:
+    """Wait (bounded by :func:`readiness_timeout`) for the guest to answer, then run post-load."""
+    budget = readiness_timeout(r, settings)
+    start = time.monotonic()
+    address = find_address(host, domain_name, r, mac, budget)
+    ready = wait_for_port(address, r.readiness_port, deadline=max(budget - (time.monotonic() - start), 1.0))
+    answered = time.monotonic() - start
+    log.info(
+        "%s answered on %s:%s after %.1f s %s", domain_name, address, r.readiness_port, answered, ready.banner
+    )
+    post = _run_post_load(r, address, settings, deadline=start + budget)
+    return GuestAnswer(address, r.readiness_port, ready.banner, round(answered, 3), round(post, 3))
+
+
+def _run_post_load(r: Reservation, address: str, settings: Settings, deadline: float) -> float:
+    step = postload.resolve_post_load(settings.post_load)
+    if step is None:
+        return 0.0
+    t0 = time.monotonic()
+    while True:
+        try:
+            step(r, address)
+            return time.monotonic() - t0
+        except TransientError as exc:
+            # sshd may answer its banner a moment before it accepts logins: retry within the budget.
+            if time.monotonic() >= deadline:
+                raise postload.PostLoadError(
+                    f"post-load on {address} failed until the deadline: {exc}"
+                ) from exc
+            time.sleep(1.0)
+
+
+def probe_status(host: LibvirtHost, domain_name: str, r: Reservation, mac: str | None) -> str:
+    """For node_status: ``ready``, ``post_load`` (answers, post-load not recorded / not answering yet)
+    or ``reload`` (the guest says it holds another revision, or was tainted)."""
+    try:
+        address = find_address(host, domain_name, r, mac, STATUS_PROBE_SECONDS)
+        wait_for_port(address, r.readiness_port, deadline=STATUS_PROBE_SECONDS)
+    except GuestNotReadyError:
+        return "post_load"
+    try:
+        recorded = postload.read_currentimage(r, address)
+    except (TransientError, PermanentError) as exc:
+        log.info("node_status: %s answers but currentimage.txt cannot be read: %s", domain_name, exc)
+        return "post_load"
+    if not r.management_node_keys:
+        return "ready"  # no identity to look inside with: answering is all VCL could check either
+    if recorded is None or recorded.get("imagerevision_id") != str(r.imagerevision_id):
+        return "reload"
+    if postload.TAINTED_MARK in recorded:
+        return "reload"
+    return "ready" if postload.POST_LOAD_MARK in recorded else "post_load"
+
+
+__all__ = [
+    "GuestAnswer",
+    "find_address",
+    "pin_private_address",
+    "probe_status",
+    "readiness_timeout",
+    "wait_until_answering",
+]

@@ -1,0 +1,179 @@
+"""Post-load over SSH: the part of VCL's Linux ``post_load`` a provisioning worker owns.
+
+After the guest answers, vcld's OS module logs in as root with the management node's identities
+(``managementnode.keys``), sets the hostname, records the loaded image in ``~/currentimage.txt`` and
+appends ``vcld_post_load=success``; ``node_status`` later reads that file back to decide READY /
+POST_LOAD / RELOAD. This module does the same with paramiko (no shell on this side; each remote
+command is an argument list quoted with ``shlex.join``).
+
+Host keys: every load boots a new guest whose host key VCL never knows in advance (vcld runs ssh with
+``StrictHostKeyChecking=no``); we accept the key of the address we just gave the guest by DHCP and
+keep it nowhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+
+import paramiko
+
+from worker.hypervisors.errors import PermanentError, TransientError
+from worker.reservation import Reservation
+
+log = logging.getLogger(__name__)
+
+CURRENTIMAGE_PATH = "/root/currentimage.txt"
+POST_LOAD_MARK = "vcld_post_load"
+TAINTED_MARK = "vcld_tainted"
+
+PostLoadStep = Callable[[Reservation, str], None]
+
+
+class PostLoadError(PermanentError):
+    """The guest answered but the post-load step failed (VCL: post_load failed → load failed)."""
+
+
+class GuestUnreachableError(TransientError):
+    """SSH to the guest failed (refused, timed out, authentication)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GuestLogin:
+    address: str
+    key_files: tuple[str, ...]
+    port: int = 22
+    user: str = "root"
+    connect_timeout: float = 10.0
+
+
+class GuestShell:
+    """One SSH session to a guest; ``run`` takes an argument list, never a command string."""
+
+    def __init__(self, login: GuestLogin) -> None:
+        self.login = login
+        self._client = paramiko.SSHClient()
+        # The guest's host key is new on every load (see the module docstring): accept, never store.
+        self._client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+
+    def __enter__(self) -> GuestShell:
+        try:
+            self._client.connect(
+                self.login.address,
+                port=self.login.port,
+                username=self.login.user,
+                # paramiko documents a list of key files here; its stubs only say str.
+                key_filename=list(self.login.key_files),  # type: ignore[arg-type]
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=self.login.connect_timeout,
+                banner_timeout=self.login.connect_timeout,
+                auth_timeout=self.login.connect_timeout,
+            )
+        except (paramiko.SSHException, OSError) as exc:
+            raise GuestUnreachableError(
+                f"ssh {self.login.user}@{self.login.address}:{self.login.port}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._client.close()
+
+    def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float = 30.0) -> tuple[int, str]:
+        """Run ``argv`` in the guest; returns (exit status, stdout+stderr)."""
+        try:
+            chan_in, chan_out, _ = self._client.exec_command(shlex.join(argv), timeout=timeout)
+            if stdin is not None:
+                chan_in.write(stdin)
+                chan_in.channel.shutdown_write()
+            chan_out.channel.set_combine_stderr(True)
+            output = chan_out.read().decode(errors="replace")
+            return chan_out.channel.recv_exit_status(), output
+        except (paramiko.SSHException, OSError) as exc:
+            raise GuestUnreachableError(f"ssh {self.login.address}: {shlex.join(argv)}: {exc}") from exc
+
+    def check(self, argv: Sequence[str], stdin: str | None = None) -> str:
+        status, output = self.run(argv, stdin)
+        if status != 0:
+            raise PostLoadError(f"{shlex.join(argv)} exited {status} in the guest: {output.strip()[:200]}")
+        return output
+
+
+def currentimage_text(r: Reservation, loaded_at: datetime) -> str:
+    """``~/currentimage.txt`` as vcld writes it (OS.pm), with the post-load status line appended."""
+    lines = [
+        r.imagerevision_imagename,
+        f"id={r.image_id}",
+        f"prettyname={r.image_prettyname}",
+        f"imagerevision_id={r.imagerevision_id}",
+        f"computer_id={r.computer_id}",
+        f"computer_hostname={r.computer_short_name}",
+        f"{POST_LOAD_MARK}=success ({loaded_at.strftime('%Y-%m-%d %H:%M:%S')})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_currentimage(text: str) -> dict[str, str]:
+    """The ``key=value`` lines of currentimage.txt (the first line, the image name, under ``name``)."""
+    lines = text.splitlines()
+    parsed = {"name": lines[0].strip()} if lines else {}
+    for line in lines[1:]:
+        key, sep, value = line.partition("=")
+        if sep:
+            parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def login_for(r: Reservation, address: str, port: int = 22) -> GuestLogin | None:
+    """How to log into the guest, or None when the management node has no SSH identity."""
+    if not r.management_node_keys:
+        return None
+    return GuestLogin(address=address, key_files=r.management_node_keys, port=port)
+
+
+def ssh_post_load(r: Reservation, address: str) -> None:
+    """Default post-load: hostname = the computer's short name, currentimage.txt recorded."""
+    login = login_for(r, address)
+    if login is None:
+        log.info("%s: management node has no SSH keys; post-load skipped", r.computer_short_name)
+        return
+    started = time.monotonic()
+    with GuestShell(login) as shell:
+        shell.check(["hostname", r.computer_short_name])
+        shell.check(["tee", "/etc/hostname"], stdin=r.computer_short_name + "\n")
+        shell.check(["tee", CURRENTIMAGE_PATH], stdin=currentimage_text(r, datetime.now(UTC)))
+    log.info("%s: post-load done in %.1f s", r.computer_short_name, time.monotonic() - started)
+
+
+def read_currentimage(r: Reservation, address: str) -> dict[str, str] | None:
+    """currentimage.txt read back from the guest; None when there are no keys or no such file."""
+    login = login_for(r, address)
+    if login is None:
+        return None
+    with GuestShell(login) as shell:
+        status, output = shell.run(["cat", CURRENTIMAGE_PATH])
+    return parse_currentimage(output) if status == 0 else None
+
+
+def resolve_post_load(setting: str) -> PostLoadStep | None:
+    """The post-load step named by ``VCL_POST_LOAD``: ``ssh`` (default), ``none`` or ``module:function``."""
+    if setting == "none":
+        return None
+    if setting == "ssh":
+        return ssh_post_load
+    module_name, _, attr = setting.partition(":")
+    try:
+        step = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise PostLoadError(f"VCL_POST_LOAD={setting!r} cannot be loaded: {exc}") from exc
+    if not callable(step):
+        raise PostLoadError(f"VCL_POST_LOAD={setting!r} is not callable")
+    return step  # type: ignore[no-any-return]
