@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import libvirt
 import psutil
 
-from bench import scenarios
-from bench.stack import RESULTS, BenchStack
+from bench import b1_load_latency, b2_burst, b3_distribution, b4_capture, b5_database
+from bench.common import DISCARDED, default_concurrency
+from bench.stack import RESULTS, bench_stack
+from worker.devkit.libvirt_env import connect
 
 ALL = ("B1", "B2", "B3", "B4", "B5")  # B6 (memory) is sampled during B2
 DEFAULT_REPEAT = {"B1": 15, "B2": 2, "B3": 3, "B4": 3, "B5": 15}
@@ -31,7 +32,7 @@ def _version(v: int) -> str:
 
 
 def machine() -> dict[str, Any]:
-    conn = libvirt.open("qemu:///system")
+    conn = connect()
     try:
         caps = conn.getDomainCapabilities(None, None, None, "kvm") if os.path.exists("/dev/kvm") else ""
         kvm = "kvm" if caps and "<domain>kvm</domain>" in caps else "tcg"
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown benchmark(s) {sorted(unknown)}")
     sweep = [int(x) for x in args.concurrency.split(",")]
-    conc = args.worker_concurrency or scenarios.default_concurrency()
+    conc = args.worker_concurrency or default_concurrency()
 
     def rep(name: str) -> int:
         return args.repeat or DEFAULT_REPEAT[name]
@@ -186,16 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     results = out["results"]
     t_start = time.monotonic()
     print(f"machine: {out['machine']}", flush=True)
-    stack = BenchStack.create()
-    try:
+    with bench_stack() as stack:
         print(f"stack {stack.run_id}: datastore {stack.datastore}, queue {stack.queue}", flush=True)
         stack.make_images()
         steps = {
-            "B1": lambda: scenarios.b1_load_latency(stack, rep("B1"), conc),
-            "B2": lambda: scenarios.b2_burst(stack, rep("B2"), sweep),
-            "B3": lambda: scenarios.b3_distribution(stack, rep("B3"), conc),
-            "B4": lambda: scenarios.b4_capture(stack, rep("B4"), conc),
-            "B5": lambda: scenarios.b5_database(stack, rep("B5")),
+            "B1": lambda: b1_load_latency.run(stack, rep("B1"), conc),
+            "B2": lambda: b2_burst.run(stack, rep("B2"), sweep),
+            "B3": lambda: b3_distribution.run(stack, rep("B3"), conc),
+            "B4": lambda: b4_capture.run(stack, rep("B4"), conc),
+            "B5": lambda: b5_database.run(stack, rep("B5")),
         }
         for name in ALL:
             if name not in only:
@@ -205,10 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = steps[name]()
             results[name]["elapsed_s"] = round(time.monotonic() - t0, 1)
             print(render(table({name: results[name]})), flush=True)
-    finally:
-        stack.close()
     out["elapsed_s"] = round(time.monotonic() - t_start, 1)
-    out["discarded_repeats"] = scenarios.DISCARDED
+    out["discarded_repeats"] = DISCARDED
     Path(args.out).write_text(json.dumps(out, indent=2, default=str))
     if "B1" in results:
         chart(results["B1"], RESULTS / "load_latency.png")
@@ -222,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nresults: {args.out}, {RESULTS / 'latest.md'}" + (", load_latency.png" if "B1" in results else "")
     )
-    print(f"total {out['elapsed_s']} s; repeats discarded and re-run: {len(scenarios.DISCARDED)}")
+    print(f"total {out['elapsed_s']} s; repeats discarded and re-run: {len(DISCARDED)}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Build :class:`Reservation` values for tests (plain functions, reusable by pipeline tests)."""
+"""Build :class:`Reservation` values without a database (core tests drive the provisioner with them)."""
 
 from __future__ import annotations
 

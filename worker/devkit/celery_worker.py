@@ -1,10 +1,9 @@
-"""A real `celery -A worker.app worker` subprocess (prefork) for tests and benchmarks."""
+"""A real ``celery -A worker.app worker`` subprocess (prefork), as a VM host runs it."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -13,9 +12,7 @@ from pathlib import Path
 
 from worker.app import make_app
 from worker.config import Settings
-
-VENV_BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[2]
+from worker.devkit.commands import REPO_ROOT, venv_command
 
 
 @dataclass
@@ -55,9 +52,9 @@ def start_celery_worker(
     name = f"{prefix}-{uuid.uuid4().hex[:6]}@{host}"
     log = log_dir / f"{name.replace('@', '_')}.log"
     proc = subprocess.Popen(
-        [str(VENV_BIN / "celery"), "-A", "worker.app", "worker", "-Q", ",".join(queues), "-n", name,
+        [venv_command("celery"), "-A", "worker.app", "worker", "-Q", ",".join(queues), "-n", name,
          "--pool", "prefork", "-c", str(concurrency), "-E", "-l", loglevel, *extra_args],
-        env=dict(env), stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO,
+        env=dict(env), stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT,
     )  # fmt: skip
     # Ping through an app of the worker's own settings, whatever the caller's app is configured for.
     control = make_app(Settings.from_env(env)).control
