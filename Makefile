@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup host venv test test-faults demo lint bench clean
+.PHONY: setup host venv test test-faults test-vcld demo lint bench clean
 
 setup: host $(STAMP)
 
@@ -24,6 +24,10 @@ test: setup
 
 test-faults: setup
 	$(BIN)/pytest -q -m faults
+
+# Apache VCL's real vcld + web front end through the bridge (part of `make test` too; a few minutes).
+test-vcld: setup
+	$(BIN)/pytest -q -m vcld tests/vcld
 
 demo: setup
 	$(BIN)/vcl-worker demo

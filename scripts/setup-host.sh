@@ -7,8 +7,10 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_pkgs=()
+# e2fsprogs..openssh-client build the test guest image offline; dnsmasq-base serves libvirt DHCP.
 for pkg in qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev pkg-config \
-           libxml2-utils python3-venv; do
+           libxml2-utils python3-venv \
+           e2fsprogs fdisk grub-pc-bin grub-common openssh-client dnsmasq-base; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_pkgs+=(mariadb-server)
@@ -17,6 +19,9 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "setup-host: installing ${need_pkgs[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+elif ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+  # The test guest image is built from Debian packages (apt-get download): it needs package lists.
+  $SUDO apt-get update -qq
 fi
 
 has_systemd() { [ -d /run/systemd/system ] && systemctl is-system-running >/dev/null 2>&1; }

@@ -84,7 +84,7 @@ def configure(app: Celery, settings: Settings) -> None:
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    celery_app = Celery("vcl_worker", include=["worker.tasks.provisioning"])
+    celery_app = Celery("vcl_worker", include=["worker.tasks.provisioning", "worker.tasks.delegated"])
     configure(celery_app, settings)
     return celery_app
 

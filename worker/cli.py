@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from worker.actions import BY_NAME
+from worker.cli_call import add_parser as add_call_parser
 from worker.config import get_settings, redact_url
 from worker.progress_view import wait_with_progress
 
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--apply", action="store_true", help="remove them (default: only list)")
     p.add_argument("--vmhost", default=None, help="short host name of this VM host (default VCL_VMHOST)")
     p.set_defaults(func=cmd_reap)
+    add_call_parser(sub)
     return parser
 
 

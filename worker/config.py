@@ -8,9 +8,10 @@ before anything is logged.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -33,7 +34,7 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if value in {"0", "false", "no", "off"}:
         return False
-    raise ValueError(f"setting {name} must be a boolean, got {raw!r}")
+    raise ValueError(f"setting {name} must be a boolean (1/0, yes/no), got {raw!r}")
 
 
 def redact_url(url: str) -> str:
@@ -57,8 +58,20 @@ class Settings:
     lock_redis_url: str = "redis://127.0.0.1:6379/2"
     # libvirt connection of the host this worker runs on.
     libvirt_uri: str = "qemu:///system"
-    # VNC listen address written into every domain.
+    # VNC listen address written into every domain: an IP address; anything but loopback needs
+    # vnc_password (else every guest's console is open to the network).
     vnc_listen: str = "127.0.0.1"
+    # VNC password written into each domain's <graphics passwd=…> (at most 8 characters: the VNC
+    # protocol ignores the rest). Never logged: kept out of repr.
+    vnc_password: str = field(default="", repr=False)
+    # Directories vmprofile paths (datastore, vmpath, repository) must lie under, ':'-separated; the
+    # repository root below is added to them. Nothing outside is ever created, walked or deleted.
+    allowed_roots: str = "/var/lib/libvirt/images"
+    # The image repository of this site (a vmprofile.repositorypath lies under it); "" = none.
+    repository_root: str = ""
+    # Other names of this VM host in VCL (comma-separated) when its computer.hostname is not the OS
+    # host name: `vcl-worker reap --apply` only acts for a --vmhost that names this host.
+    host_aliases: str = ""
     # Directory for cross-process file locks (master image materialisation).
     lock_dir: str = "/var/lib/vcl-worker/locks"
     # Seconds a guest gets to shut down on ACPI before it is destroyed (nova: 60 s / re-send 10 s).
@@ -76,10 +89,28 @@ class Settings:
     capture_time_limit: int = 7800
     # Seconds a task waits for another task's per-computer lock before it is retried.
     lock_wait: int = 300
+    # Domain type: "" picks kvm only where hardware virtualization runs unmodified guests, else qemu (TCG).
+    domain_type: str = ""
+    # Seconds a loaded guest gets to answer on its connect port; 0 = the image's reloadtime (minutes).
+    ready_timeout: int = 0
+    # A load is done only when the guest answers on its connect port. Off only for tests of disk and
+    # database mechanics on blank masters (no OS to answer); never on a site.
+    wait_for_guest: bool = True
+    # Post-load step after the guest answers: "ssh" (hostname + currentimage.txt over SSH when the
+    # management node has keys), "none", or "package.module:function" of the site's own.
+    post_load: str = "ssh"
     # Worker concurrency (prefork children). A load mostly waits on libvirt/QEMU start-up, so more
     # children than cores pays off; README "Benchmarks" (B2) has the sweep behind 8.
     worker_concurrency: int = 8
     log_level: str = "INFO"
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """The allowed roots resolved (symlinks followed): VCL_ALLOWED_ROOTS plus VCL_REPOSITORY_ROOT."""
+        from worker.hypervisors.roots import parse_roots, resolve_roots
+
+        extra = (self.repository_root,) if self.repository_root.strip() else ()
+        return resolve_roots((*parse_roots(self.allowed_roots), *extra))
 
     @property
     def visibility_timeout(self) -> int:
@@ -93,17 +124,68 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """These settings as environment variables (for a worker subprocess): ``from_env`` inverted."""
-        return {name: str(getattr(self, attr)) for name, attr in _ENV_NAMES.items()}
+        return {name: _env_text(getattr(self, attr)) for name, attr in _ENV_NAMES.items()}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         defaults = cls()
-        values: dict[str, str | int] = {}
+        values: dict[str, str | int | bool] = {}
         for name, attr in _ENV_NAMES.items():
             default = getattr(defaults, attr)
-            values[attr] = _int(env, name, default) if isinstance(default, int) else env.get(name, default)
-        return cls(**values)  # type: ignore[arg-type]
+            if isinstance(default, bool):
+                values[attr] = _bool(env, name, default)
+            elif isinstance(default, int):
+                values[attr] = _int(env, name, default)
+            else:
+                values[attr] = env.get(name, default)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse settings that would only fail later, naming the variable."""
+        if self.domain_type not in {"", "kvm", "qemu"}:
+            raise ValueError(f"setting VCL_DOMAIN_TYPE must be kvm, qemu or empty, got {self.domain_type!r}")
+        if self.post_load not in {"ssh", "none"} and ":" not in self.post_load:
+            raise ValueError(
+                f"setting VCL_POST_LOAD must be ssh, none or module:function, got {self.post_load!r}"
+            )
+        if self.ready_timeout < 0:
+            raise ValueError(f"setting VCL_READY_TIMEOUT must be >= 0, got {self.ready_timeout}")
+        self._validate_paths()
+        self._validate_vnc()
+
+    def _validate_paths(self) -> None:
+        from worker.hypervisors.roots import check_root, parse_roots
+
+        roots = parse_roots(self.allowed_roots)
+        if not roots and not self.repository_root.strip():
+            raise ValueError("setting VCL_ALLOWED_ROOTS must name at least one directory")
+        for root in roots:
+            check_root(root, "VCL_ALLOWED_ROOTS")
+        if self.repository_root.strip():
+            check_root(self.repository_root.strip(), "VCL_REPOSITORY_ROOT")
+
+    def _validate_vnc(self) -> None:
+        try:
+            listen = ipaddress.ip_address(self.vnc_listen.strip())
+        except ValueError as exc:
+            raise ValueError(
+                f"setting VCL_VNC_LISTEN must be an IP address (e.g. 127.0.0.1), got {self.vnc_listen!r}"
+            ) from exc
+        pw = self.vnc_password
+        # The password itself never appears in a message: only what is wrong with it.
+        if pw and (len(pw) > 8 or any(ord(ch) < 32 or ord(ch) == 127 for ch in pw)):
+            raise ValueError(
+                "setting VCL_VNC_PASSWORD must be 1-8 printable characters (VNC uses only 8), "
+                f"got {len(pw)} characters"
+            )
+        if not listen.is_loopback and not pw:
+            raise ValueError(
+                f"setting VCL_VNC_LISTEN={self.vnc_listen} is not a loopback address: "
+                "set VCL_VNC_PASSWORD so the guests' consoles are not open to the network"
+            )
 
 
 # Environment variable → Settings field; from_env and to_env both follow it.
@@ -114,6 +196,10 @@ _ENV_NAMES: dict[str, str] = {
     "VCL_LOCK_REDIS_URL": "lock_redis_url",
     "VCL_LIBVIRT_URI": "libvirt_uri",
     "VCL_VNC_LISTEN": "vnc_listen",
+    "VCL_VNC_PASSWORD": "vnc_password",
+    "VCL_ALLOWED_ROOTS": "allowed_roots",
+    "VCL_REPOSITORY_ROOT": "repository_root",
+    "VCL_HOST_ALIASES": "host_aliases",
     "VCL_LOCK_DIR": "lock_dir",
     "VCL_SHUTDOWN_TIMEOUT": "shutdown_timeout",
     "VCL_SHUTDOWN_RETRY_INTERVAL": "shutdown_retry_interval",
@@ -126,8 +212,18 @@ _ENV_NAMES: dict[str, str] = {
     "VCL_CAPTURE_TIME_LIMIT": "capture_time_limit",
     "VCL_LOCK_WAIT": "lock_wait",
     "VCL_WORKER_CONCURRENCY": "worker_concurrency",
+    "VCL_DOMAIN_TYPE": "domain_type",
+    "VCL_READY_TIMEOUT": "ready_timeout",
+    "VCL_POST_LOAD": "post_load",
+    "VCL_WAIT_FOR_GUEST": "wait_for_guest",
     "VCL_LOG_LEVEL": "log_level",
 }
+
+
+def _env_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
 
 
 @functools.cache

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,15 +41,14 @@ class StepResult:
 def _libvirt_uri(console: Console) -> str:
     import libvirt
 
+    from worker.devkit.libvirt_env import connect
+
     forced = os.environ.get("VCL_DEMO_LIBVIRT_URI")
     if forced:
         console.print(f"[bold yellow]VCL_DEMO_LIBVIRT_URI={forced}[/]")
         return forced
-
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     try:
-        conn = libvirt.open("qemu:///system")
-        conn.close()
+        connect("qemu:///system").close()
         return "qemu:///system"
     except libvirt.libvirtError as exc:
         console.print(
@@ -58,56 +56,6 @@ def _libvirt_uri(console: Console) -> str:
             "using libvirt's in-memory test:///default driver: domains are simulated, disks are real.[/]"
         )
         return "test:///default"
-
-
-def _ensure_network(uri: str) -> None:
-    import libvirt
-
-    if not uri.startswith("qemu"):
-        return
-    conn = libvirt.open(uri)
-    try:
-        try:
-            net = conn.networkLookupByName(DEMO_NETWORK)
-        except libvirt.libvirtError:
-            import xml.etree.ElementTree as ET
-
-            root = ET.Element("network")
-            ET.SubElement(root, "name").text = DEMO_NETWORK
-            ET.SubElement(root, "bridge", name=DEMO_BRIDGE, stp="off")
-            net = conn.networkDefineXML(ET.tostring(root, encoding="unicode"))
-        if not net.isActive():
-            net.create()
-    finally:
-        conn.close()
-
-
-def _remove_network(uri: str) -> None:
-    import libvirt
-
-    if not uri.startswith("qemu"):
-        return
-    conn = libvirt.open(uri)
-    try:
-        net = conn.networkLookupByName(DEMO_NETWORK)
-        if net.isActive():
-            net.destroy()
-        net.undefine()
-    except libvirt.libvirtError:
-        pass
-    finally:
-        conn.close()
-
-
-def _make_master(path: Path) -> None:
-    """A small qcow2 master with recognisable data (no OS: the VM idles in its firmware)."""
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
-    subprocess.run(
-        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 4M", str(path)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    path.chmod(0o444)
 
 
 def run_demo(keep: bool = False) -> int:
@@ -132,6 +80,8 @@ def run_demo(keep: bool = False) -> int:
         lock_dir=str(workdir / "locks"),
         shutdown_timeout=int(os.environ.get("VCL_SHUTDOWN_TIMEOUT", "3")),
         shutdown_retry_interval=1,
+        # The demo's blank master has no OS that could answer a readiness probe.
+        wait_for_guest=False,
     )
     console.print(f"libvirt: [bold]{uri}[/]   database: {db_path}   datastore: {datastore}")
     try:
@@ -140,7 +90,10 @@ def run_demo(keep: bool = False) -> int:
         if keep:
             console.print(f"kept {workdir} and network {DEMO_NETWORK}")
         else:
-            _remove_network(uri)
+            if uri.startswith("qemu"):
+                from worker.devkit.libvirt_env import remove_network
+
+                remove_network(DEMO_NETWORK, uri)
             shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -150,36 +103,26 @@ def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
     from worker import wiring as runtime
     from worker.app import app, configure, vmhost_queue
     from worker.db.engine import make_engine, make_session_factory
-    from worker.db.seed import (
-        SiteSpec,
-        create_capture_request,
-        create_demo_schema,
-        create_request,
-        create_tomaintenance_request,
-        seed_site,
-    )
+    from worker.db.seed import create_demo_schema, seed_site
     from worker.db.store import VclStore
+    from worker.devkit.images import make_master
+    from worker.devkit.libvirt_env import ensure_isolated_network
+    from worker.devkit.site import SiteRequests, host_site_spec
     from worker.dispatcher import dispatch_once
     from worker.progress_view import wait_with_progress
 
-    _ensure_network(settings.libvirt_uri)
+    # libvirt's test driver has one network, "default"; on a real host the demo makes its own.
+    switch = "default"
+    if settings.libvirt_uri.startswith("qemu"):
+        switch = ensure_isolated_network(DEMO_NETWORK, settings.libvirt_uri, bridge=DEMO_BRIDGE)
     engine = make_engine(settings.database_url)
     create_demo_schema(engine)
     sf = make_session_factory(engine)
     store = VclStore(sf)
-    # libvirt's test driver has one network, "default"; on a real host the demo makes its own.
-    switch = DEMO_NETWORK if settings.libvirt_uri.startswith("qemu") else "default"
-    spec = SiteSpec(
-        datastore_path=str(datastore),
-        vm_path=str(datastore),
-        repository_path=None,
-        virtualswitch0=switch,
-        virtualswitch1=switch,
-        vmhost_hostname="demohost.example.org",
-        vm_hostnames=("demovm1.example.org",),
-    )
-    site = seed_site(sf, spec)
-    _make_master(datastore / f"{site.imagename}.qcow2")
+    site = seed_site(sf, host_site_spec(datastore, switch, "demohost", ("demovm1.example.org",)))
+    web = SiteRequests(sf=sf, site=site)
+    # A small master with recognisable data (no OS: the VM idles in its firmware).
+    make_master(datastore / f"{site.imagename}.qcow2", pattern=0x5A, data_mb=4, mode=0o444)
     console.print(f"seeded site: VM host demohost, computer demovm1, image {site.imagename}")
 
     configure(app, settings)
@@ -236,28 +179,15 @@ def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
         queues=[queue],
     ):
         ok = True
-        create_request(
-            sf,
-            computer_id=computer_id,
-            image_id=site.image_id,
-            imagerevision_id=site.imagerevision_id,
-            management_node_id=site.management_node_id,
-        )
+        web.new_request()
         ok = run_step("load (new)")
         if ok:
-            create_capture_request(
-                sf,
-                computer_id=computer_id,
-                image_id=site.image_id,
-                management_node_id=site.management_node_id,
-            )
+            web.capture_request()
             ok = run_step("capture (image)")
         if ok:
             ok = run_step("reload (inserted by capture)")
         if ok:
-            create_tomaintenance_request(
-                sf, computer_id=computer_id, management_node_id=site.management_node_id
-            )
+            web.maintenance_request()
             ok = run_step("maintenance (tomaintenance)")
 
     table = Table(title="vcl-worker demo summary")

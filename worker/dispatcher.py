@@ -17,7 +17,10 @@ from celery import Celery
 
 from worker.actions import BY_STATE
 from worker.app import vmhost_queue
-from worker.db.store import ClaimOutcome, DueRequest, VclStore
+from worker.db.requests import ClaimOutcome
+from worker.db.schedule import DueRequest
+from worker.db.store import VclStore
+from worker.delegated.guard import refuse_if_vcld_serves
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ def dispatch_once(store: VclStore, celery_app: Celery, management_node_id: int) 
     """One pass of vcld's loop for ``management_node_id``; returns what was done with each request."""
     from worker import wiring as runtime
 
+    # vcld and the dispatcher must never claim on the same management node (worker/delegated/guard.py).
+    refuse_if_vcld_serves(store, management_node_id)
     store.update_lastcheckin(management_node_id)
     done: list[Dispatched] = []
     seen_requests: set[int] = set()

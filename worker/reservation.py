@@ -63,6 +63,21 @@ class Reservation:
     # management node
     management_node_id: int
     management_node_short_name: str
+    # How VCL reaches the guest (defaults keep older callers working).
+    computer_private_ip: str | None = None  # computer.privateIPaddress: the address the guest must get
+    image_reloadtime_minutes: int = 10  # image.reloadtime: VCL's expected load time, bounds readiness
+    connect_ports: tuple[int, ...] = (22,)  # TCP ports of the image's connect methods (SSH 22, RDP 3389)
+    management_node_keys: tuple[str, ...] = ()  # managementnode.keys: SSH identities for post-load
+    # Which of this project's modules provisions the computer (module.perlpackage's last part):
+    # "libvirt" (the dispatcher's) or "vcl_worker" (vcld's bridge, delegated mode).
+    provisioning_module: str = "libvirt"
+
+    @property
+    def readiness_port(self) -> int:
+        """The connect-method port that proves the guest is usable: SSH when offered, else the lowest."""
+        if not self.connect_ports or 22 in self.connect_ports:
+            return 22
+        return min(self.connect_ports)
 
     @property
     def minram_mb(self) -> int:

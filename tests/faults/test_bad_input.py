@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from tests.support.libvirt_env import list_domain_names, sha256
+from worker.devkit.images import sha256
+from worker.devkit.libvirt_env import list_domain_names
 
 from .conftest import COUNTERS, FaultStack, Worker, running_worker, send
 
@@ -84,7 +85,7 @@ CASES: list[Case] = [
     Case("mac short", "eth1macaddress", sql=["UPDATE computer SET eth1macaddress='52:54:00:12:34' WHERE id={cid}"]),
     Case("mac xml injection", "eth0macaddress", sql=["UPDATE computer SET eth0macaddress='52:54:00:12:3''/>a' WHERE id={cid}"]),
     Case("no vmhost", "has no VM host", sql=["UPDATE computer SET vmhostid=NULL WHERE id={cid}"]),
-    Case("not libvirt provisioned", "not VCL::Module::Provisioning::libvirt", sql=["UPDATE computer SET provisioningid=10 WHERE id={cid}"]),
+    Case("not libvirt provisioned", "not one of VCL::Module::Provisioning::libvirt", sql=["UPDATE computer SET provisioningid=10 WHERE id={cid}"]),
     Case("computer deleted", "is deleted", sql=["UPDATE computer SET deleted=1 WHERE id={cid}"]),
     # vmprofile values
     Case("datastorepath relative", "not an absolute path", sql=["UPDATE vmprofile SET datastorepath='images' WHERE id={vp}"]),
@@ -100,10 +101,11 @@ CASES: list[Case] = [
     Case("os unknown", "unknown OS id", sql=["UPDATE image SET OSid=250 WHERE id={img}"]),
     # corrupt or hostile qcow2 files
     Case("master backing /etc/passwd", "has its own backing file", imagename="vmwarelinux-HostileBacking-v0", master=backing_passwd),
-    Case("master not qcow2", "not a valid qcow2", imagename="vmwarelinux-RawGarbage-v0", master=raw_garbage),
-    Case("master corrupt header", "cannot read", imagename="vmwarelinux-BadHeader-v0", master=bad_header),
+    Case("master not qcow2", "cannot be read as qcow2", imagename="vmwarelinux-RawGarbage-v0", master=raw_garbage),
+    Case("master corrupt header", "cannot be read as qcow2", imagename="vmwarelinux-BadHeader-v0", master=bad_header),
     Case("master data-file", "data-file", imagename="vmwarelinux-DataFile-v0", master=data_file),
-    Case("master symlink /etc/shadow", "not a valid qcow2", imagename="vmwarelinux-Shadow-v0", master=symlink_shadow),
+    # Refused before qemu-img ever opens it: the link resolves outside the datastore (issue 12).
+    Case("master symlink /etc/shadow", "outside", imagename="vmwarelinux-Shadow-v0", master=symlink_shadow),
     Case("repository backing /etc/passwd", "has its own backing file", imagename="vmwarelinux-RepoHostile-v0", repo=backing_passwd),
     # request states vcld would not load
     Case("request maintenance", "not new", state="maintenance/new", kind="skip"),
@@ -160,7 +162,7 @@ def _run_case(fs: FaultStack, case: Case, n: int) -> None:
             d.mkdir()
             case.repo(d / f"{case.imagename}.qcow2")
             created += [d / f"{case.imagename}.qcow2", d]
-    res = fs.new_request(INDEX, image_id, rev_id)
+    res = fs.new_reservation(INDEX, image_id, rev_id)
     request_id = fs.store.reservation_request(res)[0]  # type: ignore[index]
     if case.state:
         st, lst = case.state.split("/")

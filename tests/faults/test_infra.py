@@ -15,15 +15,16 @@ import libvirt
 import pytest
 
 from worker.app import app, vmhost_queue
-from worker.db.seed import SiteSpec, create_request, seed_site
+from worker.db.seed import SiteSpec, seed_site
+from worker.devkit.services import wait_until
+from worker.devkit.site import SiteRequests
 
 from .conftest import (
     COUNTERS,
     FaultStack,
-    _wait,
     check_loaded,
     loadlog,
-    make_master,
+    make_fault_master,
     orphan_overlays,
     running_worker,
     send,
@@ -33,7 +34,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(400)]
 
 
 def _wait_started(results: list[Any], timeout: float = 60) -> None:
-    _wait(lambda: any(r.state in ("STARTED", "PROGRESS", "SUCCESS") for r in results), timeout, "a task")
+    wait_until(lambda: any(r.state in ("STARTED", "PROGRESS", "SUCCESS") for r in results), timeout, "a task")
 
 
 def _dispose(fs: FaultStack) -> None:
@@ -57,7 +58,7 @@ def _libvirtd_up() -> bool:
 
 def test_libvirtd_restart_during_loads(fstack: FaultStack) -> None:
     indexes = [4, 5, 6, 7, 8, 9]
-    reservations = [fstack.new_request(i) for i in indexes]
+    reservations = [fstack.new_reservation(i) for i in indexes]
     with running_worker(fstack, concurrency=2) as worker:
         results = [send(fstack, "vcl.load", r) for r in reservations]
         _wait_started(results)
@@ -65,13 +66,13 @@ def test_libvirtd_restart_during_loads(fstack: FaultStack) -> None:
         assert pid is not None, "libvirtd is not running (no /run/libvirtd.pid)"
         try:
             os.kill(pid, signal.SIGTERM)  # the daemon we restart, by its pid; domains survive
-            _wait(lambda: not Path(f"/proc/{pid}").exists(), 60, "libvirtd to exit")
+            wait_until(lambda: not Path(f"/proc/{pid}").exists(), 60, "libvirtd to exit")
             COUNTERS["faults injected"] += 1
             time.sleep(3)
         finally:
             if _libvirtd_pid() is None:
                 subprocess.run(["libvirtd", "-d"], check=True)
-            _wait(_libvirtd_up, 60, "libvirtd to answer")
+            wait_until(_libvirtd_up, 60, "libvirtd to answer")
         values = [r.get(timeout=300, propagate=False) for r in results]
         log = worker.tail(200000)
     bad = [v for v in values if not (isinstance(v, dict) and v["status"] == "done")]
@@ -86,7 +87,7 @@ def test_libvirtd_restart_during_loads(fstack: FaultStack) -> None:
 
 def test_mariadb_restart_during_loads(fstack: FaultStack) -> None:
     indexes = [4, 5, 6]
-    reservations = [fstack.new_request(i) for i in indexes]
+    reservations = [fstack.new_reservation(i) for i in indexes]
     with running_worker(fstack, concurrency=2) as worker:
         results = [send(fstack, "vcl.load", r) for r in reservations]
         _wait_started(results)
@@ -112,7 +113,7 @@ def test_redis_crash_keeps_enqueued_task_and_worker_reconnects(fstack: FaultStac
     """A task enqueued before Redis is SIGKILLed survives (AOF, appendfsync everysec) and the
     running worker reconnects and runs it."""
     index = 10
-    res = fstack.new_request(index)
+    res = fstack.new_reservation(index)
     parked = f"faults.parked.{fstack.run_id}"
     with running_worker(fstack, concurrency=1) as worker:
         result = send(fstack, "vcl.load", res, queue=parked)  # no consumer yet: stays in Redis
@@ -126,7 +127,7 @@ def test_redis_crash_keeps_enqueued_task_and_worker_reconnects(fstack: FaultStac
             replies = app.control.add_consumer(parked, destination=[worker.name], reply=True, timeout=2)
             return bool(replies)
 
-        _wait(add_consumer, 90, "the worker to reconnect and consume the parked queue", interval=1)
+        wait_until(add_consumer, 90, "the worker to reconnect and consume the parked queue", interval=1)
         value = None
 
         def done() -> bool:
@@ -134,7 +135,7 @@ def test_redis_crash_keeps_enqueued_task_and_worker_reconnects(fstack: FaultStac
             value = result.get(timeout=5, propagate=False)
             return True
 
-        _wait(done, 180, "the parked task", interval=1)
+        wait_until(done, 180, "the parked task", interval=1)
         log = worker.tail(100000)
     assert isinstance(value, dict) and value["status"] == "done", (value, log[-4000:])
     check_loaded(fstack, res, index)
@@ -145,8 +146,8 @@ def test_redis_crash_keeps_enqueued_task_and_worker_reconnects(fstack: FaultStac
 
 def test_two_loads_for_one_computer_are_serialised(fstack: FaultStack) -> None:
     index = 11
-    res_a = fstack.new_request(index)
-    res_b = fstack.new_request(index)
+    res_a = fstack.new_reservation(index)
+    res_b = fstack.new_reservation(index)
     with running_worker(fstack, concurrency=3):
         results = [send(fstack, "vcl.load", r) for r in (res_a, res_b, res_a)]  # + a duplicate
         values = [r.get(timeout=300, propagate=False) for r in results]
@@ -165,7 +166,7 @@ def test_two_loads_for_one_computer_are_serialised(fstack: FaultStack) -> None:
 
 
 def test_datastore_full_fails_cleanly(fstack: FaultStack) -> None:
-    from tests.support.libvirt_env import sha256
+    from worker.devkit.images import sha256
 
     rid = fstack.run_id
     full = Path(f"/var/lib/libvirt/images/vcl-worker-faults-{rid}-full")
@@ -184,7 +185,7 @@ def test_datastore_full_fails_cleanly(fstack: FaultStack) -> None:
         )  # fmt: skip
         site = seed_site(fstack.sf, spec)
         master = full / f"{site.imagename}.qcow2"
-        make_master(master)
+        make_fault_master(master)
         master_sum = sha256(master)
         big_name = f"vmwarelinux-FaultBig{rid}-v0"
         big_image, big_rev = fstack.add_image(f"Fault Big {rid}", big_name)
@@ -196,10 +197,7 @@ def test_datastore_full_fails_cleanly(fstack: FaultStack) -> None:
         queue2 = vmhost_queue(f"{fstack.vmhost}f")
 
         def request(ci: int, image: int, rev: int) -> int:
-            return create_request(
-                fstack.sf, computer_id=site.computer_ids[ci], image_id=image, imagerevision_id=rev,
-                management_node_id=site.management_node_id,
-            )[1]  # fmt: skip
+            return SiteRequests(sf=fstack.sf, site=site).new_reservation(ci, image, rev)
 
         def used() -> int:
             st = os.statvfs(full)
@@ -244,7 +242,7 @@ def test_datastore_full_fails_cleanly(fstack: FaultStack) -> None:
         assert loadlog(fstack, later).count("loadimagecomplete") == 1
         COUNTERS["reservations checked"] += 2
     finally:
-        from tests.support.libvirt_env import cleanup_domains
+        from worker.devkit.libvirt_env import cleanup_domains
 
         cleanup_domains(f"flt{rid}f")
         subprocess.run(["umount", str(full)], check=False)

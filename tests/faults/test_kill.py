@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.libvirt_env import sha256
+from worker.devkit.images import sha256
 
 from .conftest import COUNTERS, FaultStack, check_loaded, running_worker, send
 
@@ -56,9 +56,9 @@ def test_kill_9_then_redelivery_loads_exactly_once(
     if point == "core.master_copy":
         image_id, rev_id, src, master = repo_image
         src_sum = sha256(src)
-        res = fstack.new_request(index, image_id, rev_id)
+        res = fstack.new_reservation(index, image_id, rev_id)
     else:
-        res = fstack.new_request(index)
+        res = fstack.new_reservation(index)
     with running_worker(
         fstack, concurrency=1, VCL_FAILPOINT=point, VCL_FAILPOINT_MARKER=str(marker)
     ) as worker:

@@ -8,19 +8,19 @@ import uuid
 import libvirt
 import pytest
 
-from tests.support.libvirt_env import sha256
+from worker.devkit.commands import run_vcl_worker
+from worker.devkit.images import sha256
 
-from .conftest import VENV_BIN, FaultStack, check_loaded, make_master, running_worker, send
+from .conftest import FaultStack, check_loaded, make_fault_master, running_worker, send
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 INDEX = 13
 
 
 def _reap(fs: FaultStack, *args: str) -> str:
-    proc = subprocess.run(
-        [str(VENV_BIN / "vcl-worker"), "reap", "--vmhost", fs.vmhost, *args],
-        env=fs.env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    # reap --apply only runs on the host it names: the stack's VM host stands for this machine.
+    env = {**fs.env, "VCL_HOST_ALIASES": fs.vmhost}
+    proc = run_vcl_worker(env, "reap", "--vmhost", fs.vmhost, *args, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -40,7 +40,7 @@ def _domain(name: str, disk: str) -> None:
 def test_reap_lists_then_removes_only_orphans(fstack: FaultStack) -> None:
     ds = fstack.datastore
     live_short = fstack.short(INDEX)
-    res = fstack.new_request(INDEX)
+    res = fstack.new_reservation(INDEX)
     with running_worker(fstack, concurrency=1):
         assert send(fstack, "vcl.load", res).get(timeout=120)["status"] == "done"
     img = fstack.site.image_id
@@ -89,7 +89,7 @@ def test_reap_lists_then_removes_only_orphans(fstack: FaultStack) -> None:
     )
     _domain(f"flt{fstack.run_id}x_{stranger}", str(stranger_disk))
     fake_master = ds / f"{live_short}_{img}-v9.qcow2"  # overlay-shaped name, but no backing file
-    make_master(fake_master)
+    make_fault_master(fake_master)
     sums = {p: sha256(p) for p in fstack.master_sums} | {str(fake_master): sha256(fake_master)}
     try:
         listing = _reap(fstack)

@@ -8,15 +8,13 @@ import uuid
 
 from sqlalchemy import text
 
-from worker.db.seed import create_request
-
-from .conftest import VENV_BIN, CeleryWorker, Stack
+from worker.devkit.celery_worker import CeleryWorker
+from worker.devkit.commands import run_vcl_worker, venv_command
+from worker.devkit.stack import Stack
 
 
 def vcl_worker(stack: Stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(VENV_BIN / "vcl-worker"), *args], env=stack.env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_vcl_worker(stack.env, *args, timeout=timeout)
 
 
 def test_enqueue_wait_and_status(stack: Stack, celery_worker_proc: CeleryWorker) -> None:
@@ -41,16 +39,7 @@ def test_enqueue_for_a_request_in_another_state_is_skipped(
     stack: Stack, celery_worker_proc: CeleryWorker
 ) -> None:
     """A reservation whose request is not in the task's state is skipped, not loaded twice."""
-    site = stack.site
-    req, res = create_request(
-        stack.sf,
-        computer_id=site.computer_ids[1],
-        image_id=site.image_id,
-        imagerevision_id=site.imagerevision_id,
-        management_node_id=site.management_node_id,
-        state="reserved",
-        laststate="new",
-    )
+    req, res = stack.new_request(1, "reserved", laststate="new")
     out = vcl_worker(stack, "enqueue", "load", str(res), "--wait", "--timeout", "120")
     assert out.returncode == 0, out.stderr
     assert '"status": "skipped"' in out.stdout
@@ -73,7 +62,7 @@ def test_dispatch_once(stack: Stack, celery_worker_proc: CeleryWorker) -> None:
 def test_worker_command_consumes_the_host_queue(stack: Stack) -> None:
     host = f"cli{uuid.uuid4().hex[:6]}"
     proc = subprocess.Popen(
-        [str(VENV_BIN / "vcl-worker"), "worker", "--vmhost", host, "--concurrency", "1"],
+        [venv_command("vcl-worker"), "worker", "--vmhost", host, "--concurrency", "1"],
         env=stack.env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-import libvirt
-
-VENV_BIN = Path(sys.executable).parent
+from worker.devkit.commands import venv_command
+from worker.devkit.libvirt_env import list_domain_names
 
 
 def _demo_domains() -> list[str]:
-    conn = libvirt.open("qemu:///system")
-    try:
-        return [d.name() for d in conn.listAllDomains() if d.name().startswith("demovm1_")]
-    finally:
-        conn.close()
+    return list_domain_names("demovm1_")
 
 
 def test_demo_runs_the_whole_cycle() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VCL_", "CELERY_"))}
     out = subprocess.run(
-        [str(VENV_BIN / "vcl-worker"), "demo"], env=env, capture_output=True, text=True, timeout=600
+        [venv_command("vcl-worker"), "demo"], env=env, capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "demo cycle complete" in out.stdout

@@ -3,7 +3,6 @@ MariaDB loaded from vcl.sql and seeded as the web front end does, libvirtd runni
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import subprocess
 import threading
@@ -14,18 +13,14 @@ from typing import Any
 import libvirt
 import pytest
 import requests
-from sqlalchemy import text
 
-from worker.db.seed import create_capture_request, create_tomaintenance_request
+from worker.devkit.celery_worker import CeleryWorker
+from worker.devkit.commands import venv_command
+from worker.devkit.images import qemu_img_info, sha256
+from worker.devkit.stack import Stack
 from worker.dispatcher import dispatch_once
 
-from .conftest import VENV_BIN, CeleryWorker, Stack, qemu_img_info
-
 pytestmark = pytest.mark.timeout(900)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def dispatch_and_wait(stack: Stack, timeout: float = 300) -> tuple[Any, dict[str, Any]]:
@@ -46,19 +41,8 @@ def domains_of(stack: Stack, short_name: str) -> list[libvirt.virDomain]:
         pass
 
 
-def row(stack: Stack, sql: str, **params: Any) -> Any:
-    with stack.sf() as s:
-        return s.execute(text(sql), params).one()
-
-
 def loadlog_names(stack: Stack, reservation_id: int) -> list[str]:
     return [e.loadstatename for e in stack.store.loadlog(reservation_id)]
-
-
-def computer_short(stack: Stack, index: int) -> str:
-    return row(stack, "SELECT hostname FROM computer WHERE id = :id", id=stack.site.computer_ids[index])[
-        0
-    ].split(".")[0]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +50,7 @@ def flower(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Any:
     port = 25555
     log = tmp_path_factory.mktemp("flower") / "flower.log"
     proc = subprocess.Popen(
-        [str(VENV_BIN / "celery"), "-A", "worker.app", "flower", f"--port={port}", "--address=127.0.0.1"],
+        [venv_command("celery"), "-A", "worker.app", "flower", f"--port={port}", "--address=127.0.0.1"],
         # Flower 2 serves its HTTP API only with auth configured or this explicit opt-in.
         env={**stack.env, "FLOWER_UNAUTHENTICATED_API": "true"},
         stdout=log.open("wb"),
@@ -87,7 +71,7 @@ def flower(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_full_cycle(stack: Stack, celery_worker_proc: CeleryWorker, flower: str) -> None:
     site = stack.site
     computer_id = site.computer_ids[0]
-    short = computer_short(stack, 0)
+    short = stack.short(0)
     master = stack.datastore / f"{site.imagename}.qcow2"
     master_sum = sha256(master)
 
@@ -111,7 +95,7 @@ def test_full_cycle(stack: Stack, celery_worker_proc: CeleryWorker, flower: str)
     ]
     assert stages == ["startload", "transfervm", "vmsetupconfig", "startvm", "loadimagecomplete"]
     assert (
-        row(stack, "SELECT imagerevisionid FROM computer WHERE id=:id", id=computer_id)[0]
+        stack.one("SELECT imagerevisionid FROM computer WHERE id=:id", id=computer_id)[0]
         == site.imagerevision_id
     )
 
@@ -121,9 +105,7 @@ def test_full_cycle(stack: Stack, celery_worker_proc: CeleryWorker, flower: str)
     subprocess.run(
         ["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 8M 1M", str(cow)], check=True, capture_output=True
     )
-    cap_req, _cap_res, new_rev = create_capture_request(
-        stack.sf, computer_id=computer_id, image_id=site.image_id, management_node_id=site.management_node_id
-    )
+    cap_req, _cap_res, new_rev = stack.capture_request(0)
     d, value = dispatch_and_wait(stack)
     assert d.task_name == "vcl.capture"
     new_master = Path(value["disks"]["master"])
@@ -141,13 +123,12 @@ def test_full_cycle(stack: Stack, celery_worker_proc: CeleryWorker, flower: str)
     assert domains_of(stack, short) == []
     assert not cow.exists()
     assert stack.store.request_states(cap_req) == ("complete", "image")
-    rev = row(stack, "SELECT deleted, imagename FROM imagerevision WHERE id=:id", id=new_rev)
+    rev = stack.one("SELECT deleted, imagename FROM imagerevision WHERE id=:id", id=new_rev)
     assert rev[0] == 0 and rev[1] == new_master.stem
-    img = row(stack, "SELECT deleted, size FROM image WHERE id=:id", id=site.image_id)
+    img = stack.one("SELECT deleted, size FROM image WHERE id=:id", id=site.image_id)
     assert img[0] == 0
     assert stack.store.computer_state(computer_id) == "reload"
-    reload_req = row(
-        stack,
+    reload_req = stack.one(
         "SELECT r.id, s.name FROM request r JOIN state s ON s.id=r.stateid "
         "JOIN reservation v ON v.requestid=r.id WHERE v.imagerevisionid=:rev AND s.name='reload'",
         rev=new_rev,
@@ -163,14 +144,11 @@ def test_full_cycle(stack: Stack, celery_worker_proc: CeleryWorker, flower: str)
     assert Path(qemu_img_info(value["disks"]["cow"])["full-backing-filename"]) == new_master
 
     # 4. tomaintenance → no domain, computer maintenance, vmhostid NULL.
-    create_tomaintenance_request(
-        stack.sf, computer_id=computer_id, management_node_id=site.management_node_id
-    )
+    stack.maintenance_request(0)
     d, value = dispatch_and_wait(stack)
     assert d.task_name == "vcl.maintenance"
     assert domains_of(stack, short) == []
-    comp = row(
-        stack,
+    comp = stack.one(
         "SELECT s.name, c.vmhostid FROM computer c JOIN state s ON s.id=c.stateid WHERE c.id=:id",
         id=computer_id,
     )
@@ -187,7 +165,7 @@ def test_full_cycle(stack: Stack, celery_worker_proc: CeleryWorker, flower: str)
 def test_celery_cli_inspect_and_call(stack: Stack, celery_worker_proc: CeleryWorker) -> None:
     out = subprocess.run(
         [
-            str(VENV_BIN / "celery"),
+            venv_command("celery"),
             "-A",
             "worker.app",
             "inspect",
@@ -207,7 +185,7 @@ def test_celery_cli_inspect_and_call(stack: Stack, celery_worker_proc: CeleryWor
     req, res = stack.new_request(1)
     # No --queue: the router finds the reservation's VM host queue in the VCL database.
     call = subprocess.run(
-        [str(VENV_BIN / "celery"), "-A", "worker.app", "call", "vcl.load", "--args", f"[{res}]"],
+        [venv_command("celery"), "-A", "worker.app", "call", "vcl.load", "--args", f"[{res}]"],
         env=stack.env,
         capture_output=True,
         text=True,
@@ -223,7 +201,7 @@ def test_celery_cli_inspect_and_call(stack: Stack, celery_worker_proc: CeleryWor
 def test_duplicate_delivery_converges_and_never_overlaps(
     stack: Stack, celery_worker_proc: CeleryWorker
 ) -> None:
-    short = computer_short(stack, 1)
+    short = stack.short(1)
     req, res = stack.new_request(1)
     # The same task delivered twice at once (two workers children, concurrency 2).
     first = stack.app.send_task("vcl.load", args=[res], queue=stack.queue)
@@ -262,4 +240,4 @@ def test_two_tasks_for_one_computer_are_serialised(stack: Stack, celery_worker_p
     spans = sorted((r["timings"]["locked_at"], r["timings"]["unlocked_at"]) for r in results)
     assert len(spans) == 2
     assert spans[0][1] <= spans[1][0], spans
-    assert len(domains_of(stack, computer_short(stack, 1))) == 1
+    assert len(domains_of(stack, stack.short(1))) == 1

@@ -6,8 +6,10 @@ These functions hold the *order of state transitions* only; provisioning lives i
 
 Idempotency: every flow may be delivered twice (late ack + redelivery after a crash). The claim
 returns RESUMED for a request this worker already moved to ``pending``; inside the per-computer
-lock the request state is read again, and a load whose domain is already running on the right
-master (``node_status() == READY``) is not redone.
+lock the request state is read again. A load is skipped only in two cases (see :func:`_skip_reason`):
+vcld's shortcut (a ``new`` request on an ``available`` computer whose guest already answers with
+this revision), or this very task (same Celery task id) already finished the load before it died.
+A ``reload`` always rebuilds the disk from the master: the previous user's disk never survives it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from worker import wiring as runtime
 from worker.actions import BY_NAME
 from worker.config import Settings
 from worker.db.errors import VclDataError
-from worker.db.store import ClaimOutcome, VclStore
+from worker.db.requests import ClaimOutcome
+from worker.db.store import VclStore
 from worker.failpoints import failpoint
 from worker.hypervisors.errors import ImageExistsError, PermanentError, TransientError
 from worker.hypervisors.provisioner import LibvirtProvisioner, NodeStatus, ProgressEvent
@@ -34,7 +37,15 @@ from .locks import computer_lock
 log = logging.getLogger(__name__)
 
 # VCL computerloadlog stages the core reports, with the percentage shown while waiting.
-LOAD_STAGE_PERCENT = {"startload": 5.0, "transfervm": 50.0, "vmsetupconfig": 70.0, "startvm": 90.0}
+LOAD_STAGE_PERCENT = {
+    "startload": 5.0,
+    "transfervm": 50.0,
+    "vmsetupconfig": 70.0,
+    "startvm": 75.0,
+    "machinebooted": 97.0,
+}
+# Marks "this task delivery finished the core load": a redelivery of the same task id may skip it.
+_LOAD_DONE_KEY = "vcl:load-done:{}"
 # A master copy from the repository runs between startload and transfervm.
 COPY_SPAN = (5.0, 50.0)
 CAPTURE_SPAN = (10.0, 90.0)
@@ -78,6 +89,11 @@ class Summary:
     timings: dict[str, float] = field(default_factory=dict)
     # True when this load copied the master from the repository (image distribution).
     master_copied: bool = False
+    # How the user reaches the guest: address, the port that answered, its banner, the domain type.
+    address: str | None = None
+    port: int | None = None
+    banner: str | None = None
+    domain_type: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -244,6 +260,26 @@ def _failing_reservation(hooks: TaskHooks, fail: Callable[[str], None]) -> Itera
         raise
 
 
+def _skip_reason(work: _Work, provisioner: LibvirtProvisioner, computer_state: str, owner: str | None) -> str:
+    """Why this delivery may skip the core load, or "" when it must (re)build the disk."""
+    if owner is not None and runtime.lock_redis().get(_LOAD_DONE_KEY.format(owner)) is not None:
+        return "this task already completed the load before it was redelivered"
+    # vcld's shortcut (new.pm: node_status READY): only for a new reservation on an available
+    # computer, i.e. one a reload left clean and nobody has used since. Never for a reload.
+    if (
+        work.from_state == "new"
+        and computer_state == "available"
+        and provisioner.node_status() is NodeStatus.READY
+    ):
+        return "computer available and already answering with this revision; load skipped"
+    return ""
+
+
+def _mark_load_done(owner: str | None, ttl: int) -> None:
+    if owner is not None:
+        runtime.lock_redis().set(_LOAD_DONE_KEY.format(owner), "1", ex=ttl)
+
+
 def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dict[str, Any]:
     """``new``/``reload``: vcld's new.pm → reload_image → libvirt load (reference 3.4)."""
     work = _begin(hooks, reservation_id, action)
@@ -251,24 +287,30 @@ def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dic
     with _locked(r.computer_id, summary, hooks.owner):
         _still_ours(store, work.request_id, work.from_state)
         provisioner = _make_provisioner(store, r, work.settings, action)
+        computer_state = store.computer_state(r.computer_id)
         store.start_load(r)
         failpoint(f"{action}.started")
         with _failing_reservation(hooks, lambda msg: store.fail_load(r, msg)):
             provisioner.initialize()
-            # vcld skips the load of a computer already running this revision (node_status READY);
-            # that is also what makes a redelivered load converge instead of loading twice.
-            if work.outcome is ClaimOutcome.RESUMED and provisioner.node_status() is NodeStatus.READY:
-                summary.detail = "computer already loaded with this revision; load skipped"
+            skip = _skip_reason(work, provisioner, computer_state, hooks.owner)
+            if skip:
+                summary.detail = skip
                 summary.domain = provisioner.get_domain_name()
             else:
                 with work.clock.phase("load"):
                     result = provisioner.load(
                         progress=_progress_adapter(hooks, store, r, COPY_SPAN, record=True)
                     )
+                failpoint(f"{action}.loaded")
+                _mark_load_done(hooks.owner, work.settings.computer_lock_ttl)
                 summary.domain = result.domain_name
+                summary.domain_type = result.domain_type
                 summary.disks = {"cow": result.cow_path, "master": result.master_path}
                 summary.master_copied = result.master_copied
                 summary.timings.update({f"core_{k}": v for k, v in result.timings.items()})
+                if result.answer is not None:
+                    summary.address, summary.port = result.answer.address, result.answer.port
+                    summary.banner = result.answer.banner
         failpoint(f"{action}.before_finish")
         store.finish_load(r)
         failpoint(f"{action}.finished")

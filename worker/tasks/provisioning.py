@@ -9,7 +9,6 @@ computer), late acks and redelivery when the worker child dies (the flows are id
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -36,8 +35,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.TimeoutError,
 )
 MAX_RETRIES = 5
-BACKOFF_BASE = 2.0
-BACKOFF_MAX = 600.0
+# Celery's own exponential backoff (retry_backoff): 2, 4, 8, 16, 32 s, each with full jitter, capped.
+BACKOFF_BASE = 2
+BACKOFF_MAX = 600
+
+# Read once at import: Celery needs the limits as class attributes when the tasks are registered.
+_SETTINGS = runtime.settings()
 
 
 @worker_process_init.connect
@@ -47,13 +50,30 @@ def _child_started(**_: Any) -> None:
 
 
 class VclTask(Task):  # type: ignore[misc]
-    """Base of the VCL tasks: late ack, requeue on worker loss, bounded transient retries."""
+    """Base of the VCL tasks: late ack, requeue on worker loss, Celery's bounded transient retries.
 
-    abstract = True
+    ``autoretry_for`` + ``retry_backoff`` are Celery's own retry helpers: a transient error (libvirt
+    connection, database, Redis, a busy computer) is retried with exponential backoff and jitter; the
+    flows record the reservation's failure themselves on the last attempt (``may_retry``).
+    """
+
     acks_late = True
     reject_on_worker_lost = True
-    max_retries = MAX_RETRIES
     track_started = True
+    autoretry_for = TRANSIENT_ERRORS
+    max_retries = MAX_RETRIES
+    retry_backoff = BACKOFF_BASE
+    retry_backoff_max = BACKOFF_MAX
+    retry_jitter = True
+    soft_time_limit = _SETTINGS.load_soft_time_limit
+    time_limit = _SETTINGS.load_time_limit
+
+
+class CaptureTask(VclTask):
+    """Captures copy a whole disk: they get their own, longer limits."""
+
+    soft_time_limit = _SETTINGS.capture_soft_time_limit
+    time_limit = _SETTINGS.capture_time_limit
 
 
 class _Hooks:
@@ -82,11 +102,6 @@ class _Hooks:
         return int(self.task.request.retries) < int(self.task.max_retries)
 
 
-def _backoff(retries: int) -> float:
-    """Exponential backoff with full jitter, capped (Celery's retry_backoff semantics)."""
-    return random.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE ** (retries + 1)))  # noqa: S311
-
-
 def _run(task: Task, flow: Callable[..., dict[str, Any]], reservation_id: int, *extra: Any) -> dict[str, Any]:
     reservation_id = int(reservation_id)
     if task.request.id:
@@ -98,19 +113,20 @@ def _run(task: Task, flow: Callable[..., dict[str, Any]], reservation_id: int, *
         log.info("reservation %s: %s", reservation_id, exc)
         return {"reservation_id": reservation_id, "status": "skipped", "detail": str(exc)}
     except TRANSIENT_ERRORS as exc:
-        if not hooks.may_retry():
-            raise
-        countdown = _backoff(int(task.request.retries))
-        log.warning("reservation %s: transient error, retry in %.1fs: %s", reservation_id, countdown, exc)
-        raise task.retry(exc=exc, countdown=countdown) from exc
+        # autoretry_for turns this into a backed-off retry (or the final failure once retries are spent).
+        log.warning(
+            "reservation %s: transient error (attempt %s): %s",
+            reservation_id,
+            int(task.request.retries) + 1,
+            exc,
+        )
+        raise
 
 
 @app.task(
     bind=True,
     base=VclTask,
     name=BY_NAME["load"].task_name,
-    soft_time_limit=runtime.settings().load_soft_time_limit,
-    time_limit=runtime.settings().load_time_limit,
 )
 def load(self: Task, reservation_id: int) -> dict[str, Any]:
     """Load the reservation's image on its computer (request ``new`` → ``reserved``)."""
@@ -121,8 +137,6 @@ def load(self: Task, reservation_id: int) -> dict[str, Any]:
     bind=True,
     base=VclTask,
     name=BY_NAME["reload"].task_name,
-    soft_time_limit=runtime.settings().load_soft_time_limit,
-    time_limit=runtime.settings().load_time_limit,
 )
 def reload(self: Task, reservation_id: int) -> dict[str, Any]:
     """Reload a computer (request ``reload`` → ``complete``, computer ``available``)."""
@@ -131,10 +145,8 @@ def reload(self: Task, reservation_id: int) -> dict[str, Any]:
 
 @app.task(
     bind=True,
-    base=VclTask,
+    base=CaptureTask,
     name=BY_NAME["capture"].task_name,
-    soft_time_limit=runtime.settings().capture_soft_time_limit,
-    time_limit=runtime.settings().capture_time_limit,
 )
 def capture(self: Task, reservation_id: int) -> dict[str, Any]:
     """Capture the computer's disk as the new image revision (request ``image``)."""
@@ -145,8 +157,6 @@ def capture(self: Task, reservation_id: int) -> dict[str, Any]:
     bind=True,
     base=VclTask,
     name=BY_NAME["maintenance"].task_name,
-    soft_time_limit=runtime.settings().load_soft_time_limit,
-    time_limit=runtime.settings().load_time_limit,
 )
 def maintenance(self: Task, reservation_id: int) -> dict[str, Any]:
     """Take a computer out of service (request ``tomaintenance``): remove its domains."""

@@ -1,0 +1,235 @@
+"""One provisioning call from vcld, run on the VM host's worker: :func:`run_call`.
+
+Each method does what libvirt.pm's subroutine of the same name does, through the provisioning core,
+for the reservation read from the VCL database. Results are what vcld expects (see
+:mod:`.methods`). Request and computer *states* are never written: vcld's state modules own them.
+Transient errors (libvirt connection, database, a busy computer) propagate so the Celery task retries;
+permanent ones become ``ok: false`` with the error text, which vcld logs and acts on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.config import Settings
+from worker.db.errors import VclDataError
+from worker.db.store import VclStore
+from worker.delegated.methods import BY_METHOD
+from worker.hypervisors.errors import DomainNotFoundError, PermanentError
+from worker.hypervisors.provisioner import LibvirtProvisioner, ProgressEvent
+from worker.reservation import Reservation
+from worker.tasks.locks import computer_lock
+
+log = logging.getLogger(__name__)
+
+#: The computerloadlog rows libvirt.pm:load inserts itself (vcld's new.pm writes the others).
+LIBVIRT_LOAD_ROWS = ("startload", "transfervm", "vmsetupconfig", "startvm")
+#: Value returned with ``ok: false``, per result kind (vcld treats 0/undef as failure).
+_FAILED: dict[str, int | str | None] = {"bool": 0, "status": None, "mb": 0, "power": None}
+
+Value = int | str | None
+ProgressHook = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class CallResult:
+    method: str
+    reservation_id: int
+    ok: bool
+    result: Value
+    error: str = ""
+    detail: str = ""
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "reservation_id": self.reservation_id,
+            "ok": self.ok,
+            "result": self.result,
+            "error": self.error,
+            "detail": self.detail,
+            "timings": dict(self.timings),
+        }
+
+
+@dataclass
+class _Call:
+    """What one method needs: the reservation, its provisioner, the store, the extra arguments."""
+
+    r: Reservation
+    p: LibvirtProvisioner
+    store: VclStore
+    args: Sequence[str]
+    progress: ProgressHook | None
+    detail: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def arg(self, i: int) -> str | None:
+        return self.args[i] if len(self.args) > i and self.args[i] else None
+
+
+def _initialize(c: _Call) -> Value:
+    c.p.initialize()
+    return 1
+
+
+def _node_status(c: _Call) -> Value:
+    return c.p.node_status().value
+
+
+def _does_image_exist(c: _Call) -> Value:
+    name = c.arg(0)
+    exists = c.p.layout.image_exists(name)
+    if name is None and c.r.request_state in ("image", "checkpoint"):
+        # image.pm needs 0 before a capture; the master is written under the new name, which must
+        # not exist either (capture refuses to overwrite it).
+        exists = exists or c.p.layout.image_exists(c.p.get_new_image_name())
+    return int(exists)
+
+
+def _load(c: _Call) -> Value:
+    r = c.r
+
+    def on_progress(event: ProgressEvent) -> None:
+        if event.stage in LIBVIRT_LOAD_ROWS:
+            c.store.insert_loadlog(r.reservation_id, r.computer_id, event.stage, event.message)
+        if c.progress is not None and event.percent is None:
+            c.progress(event.stage, event.message)
+
+    c.p.initialize()
+    result = c.p.load(progress=on_progress)
+    c.timings.update({f"core_{k}": v for k, v in result.timings.items()})
+    c.detail = f"domain {result.domain_name} ({result.domain_type}) on {result.cow_path}"
+    if result.answer is not None:
+        c.detail += f"; {result.answer.address}:{result.answer.port} answered {result.answer.banner}".rstrip()
+    return 1
+
+
+def _capture(c: _Call) -> Value:
+    c.p.initialize()
+    result = c.p.capture(progress=None)
+    c.store.rename_captured_image(c.r, result.new_image_name, c.p.layout.datastore_imagetype)
+    c.timings.update({f"core_{k}": v for k, v in result.timings.items()})
+    c.detail = f"captured {result.domain_name} as {result.master_path}"
+    return 1
+
+
+def _get_image_size(c: _Call) -> Value:
+    name = c.arg(0)
+    size = c.p.get_image_size(name)
+    if size == 0 and name is not None:
+        # image.pm passes the name it read before capture renamed the revision: use the current one.
+        size = c.p.get_image_size(None)
+    return size
+
+
+def _power_status(c: _Call) -> Value:
+    try:
+        return c.p.guest().power_status()
+    except DomainNotFoundError:
+        return None  # libvirt.pm: undef when the domain is not defined
+
+
+def _power_on(c: _Call) -> Value:
+    c.p.guest().start()
+    return 1
+
+
+def _power_off(c: _Call) -> Value:
+    c.p.guest().power_off()
+    return 1
+
+
+def _power_reset(c: _Call) -> Value:
+    guest = c.p.guest()
+    guest.power_off()
+    guest.start()
+    return 1
+
+
+def _unload(c: _Call) -> Value:
+    removed = c.p.post_maintenance_action()
+    c.detail = f"removed domains: {', '.join(removed) or 'none'}"
+    return 1
+
+
+def _post_maintenance_action(c: _Call) -> Value:
+    _unload(c)
+    if not c.store.detach_computer(c.r.computer_id):
+        log.warning("computer %s: no 'noimage' imagerevision; only vmhostid cleared", c.r.computer_id)
+        c.detail += "; no 'noimage' revision, current image unchanged"
+    return 1
+
+
+OPERATIONS: dict[str, Callable[[_Call], Value]] = {
+    "initialize": _initialize,
+    "node_status": _node_status,
+    "does_image_exist": _does_image_exist,
+    "retrieve_image": _does_image_exist,  # no partner-node copies: available means present
+    "load": _load,
+    "capture": _capture,
+    "get_image_size": _get_image_size,
+    "power_status": _power_status,
+    "power_on": _power_on,
+    "power_off": _power_off,
+    "power_reset": _power_reset,
+    "unload": _unload,
+    "post_maintenance_action": _post_maintenance_action,
+}
+
+
+@contextlib.contextmanager
+def _maybe_locked(
+    locked: bool, lock_client: Any, r: Reservation, settings: Settings, owner: str | None
+) -> Iterator[None]:
+    if not locked:
+        yield
+        return
+    with computer_lock(
+        lock_client, r.computer_id, ttl=settings.computer_lock_ttl, wait=settings.lock_wait, owner=owner
+    ):
+        yield
+
+
+def run_call(
+    method: str,
+    reservation_id: int,
+    args: Sequence[str] = (),
+    *,
+    store: VclStore,
+    settings: Settings,
+    lock_client: Any,
+    owner: str | None = None,
+    progress: ProgressHook | None = None,
+) -> CallResult:
+    """Run ``method`` for ``reservation_id``; see the module doc for errors and results."""
+    spec = BY_METHOD.get(method)
+    if spec is None:
+        raise ValueError(f"unknown method {method!r}; one of {', '.join(sorted(BY_METHOD))}")
+    t0 = time.monotonic()
+    failed = _FAILED[spec.returns]
+    try:
+        r = store.load_reservation(reservation_id)
+        call = _Call(r, LibvirtProvisioner(r, settings), store, tuple(args), progress)
+    except (VclDataError, PermanentError) as exc:
+        return CallResult(method, reservation_id, False, failed, f"{type(exc).__name__}: {exc}")
+    try:
+        with _maybe_locked(spec.locked, lock_client, r, settings, owner):
+            value = OPERATIONS[method](call)
+    except (PermanentError, VclDataError) as exc:
+        log.warning("%s for reservation %s failed: %s", method, reservation_id, exc)
+        call.timings["total"] = round(time.monotonic() - t0, 3)
+        return CallResult(
+            method, reservation_id, False, failed, f"{type(exc).__name__}: {exc}", call.detail, call.timings
+        )
+    call.timings["total"] = round(time.monotonic() - t0, 3)
+    return CallResult(method, reservation_id, True, value, "", call.detail, call.timings)
+
+
+__all__ = ["LIBVIRT_LOAD_ROWS", "OPERATIONS", "CallResult", "run_call"]
