@@ -30,6 +30,7 @@ from worker.devkit.guest_image import ensure_guest_image
 from worker.devkit.guest_master import install_guest_master
 from worker.devkit.guest_network import create_dhcp_network, remove_network
 from worker.devkit.libvirt_env import IMAGES_ROOT, cleanup_domains, make_datastore, remove_datastore
+from worker.devkit.require import missing_service
 
 WORK = Path(os.environ.get("VCL_BRIDGE_WORK", "/tmp/vcl-worker-vcld"))
 WEB_PORT = int(os.environ.get("VCL_BRIDGE_WEB_PORT", "18093"))
@@ -50,7 +51,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="module")
 def bridge_site() -> Iterator[BridgeSite]:
     if not runners_present() or not mariadb_available() or shutil.which("perl") is None:
-        pytest.skip("needs ../shared/vcl runners, MariaDB and perl")
+        missing_service("needs ../shared/vcl runners, MariaDB and perl")
     run = uuid.uuid4().hex[:6]
     work = WORK / run
     cleanup = contextlib.ExitStack()

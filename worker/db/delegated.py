@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, aliased
 from worker.db import models as m
 from worker.db.capture import MAX_IMAGE_NAME
 from worker.db.errors import VclDataError
+from worker.db.reads import noimage_revision
 from worker.db.reservation_row import BRIDGE_PERL_PACKAGE
 from worker.reservation import Reservation
 
@@ -58,12 +59,7 @@ def detach_computer(s: Session, computer_id: int) -> bool:
 
     Returns whether the ``noimage`` revision was found and set (vcld only warns when it is missing;
     ``vmhostid`` is cleared either way)."""
-    noimage = s.execute(
-        select(m.ImageRevision.imageid, m.ImageRevision.id)
-        .where(m.ImageRevision.imagename == "noimage")
-        .order_by(m.ImageRevision.production.desc(), m.ImageRevision.id)
-        .limit(1)
-    ).one_or_none()
+    noimage = noimage_revision(s)
     values: dict[str, object] = {"vmhostid": None}
     if noimage is not None:
         values.update(currentimageid=noimage[0], imagerevisionid=noimage[1])

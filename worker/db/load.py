@@ -13,6 +13,7 @@ from worker.db import models as m
 from worker.db.engine import db_now
 from worker.db.errors import VclDataError
 from worker.db.loadlog import insert_loadlog, state_exit_loadlog, update_log_ending
+from worker.db.reads import noimage_revision
 from worker.db.requests import VclIds, fail_claimed, require_claimed, transition
 from worker.reservation import Reservation
 
@@ -99,12 +100,7 @@ def finish_maintenance(s: Session, ids: VclIds, r: Reservation) -> None:
     if not transition(s, ids, r.request_id, "complete", "tomaintenance"):
         return
     now = db_now(s)
-    noimage = s.execute(
-        select(m.ImageRevision.imageid, m.ImageRevision.id)
-        .where(m.ImageRevision.imagename == "noimage")
-        .order_by(m.ImageRevision.production.desc(), m.ImageRevision.id)
-        .limit(1)
-    ).one_or_none()
+    noimage = noimage_revision(s)
     if noimage is None:
         raise VclDataError("imagerevision 'noimage' does not exist")
     set_computer_state(

@@ -64,3 +64,14 @@ def vmhost_short_name(s: Session, reservation_id: int) -> str | None:
 
 
 __all__ = ["computer_state", "request_states", "reservation_request", "vmhost_short_name"]
+
+
+def noimage_revision(s: Session) -> tuple[int, int] | None:
+    """(image id, imagerevision id) of VCL's ``noimage`` (a computer with nothing loaded), or None."""
+    row = s.execute(
+        select(m.ImageRevision.imageid, m.ImageRevision.id)
+        .where(m.ImageRevision.imagename == "noimage")
+        .order_by(m.ImageRevision.production.desc(), m.ImageRevision.id)
+        .limit(1)
+    ).one_or_none()
+    return None if row is None else (int(row[0]), int(row[1]))
