@@ -17,13 +17,23 @@ from typing import Any
 
 import psutil
 
-from bench import b1_load_latency, b2_burst, b3_distribution, b4_capture, b5_database
+from bench import (
+    b1_load_latency,
+    b2_burst,
+    b3_distribution,
+    b4_capture,
+    b5_database,
+    b7_guest_ready,
+    b8_restore,
+    b9_scale,
+)
 from bench.common import DISCARDED, default_concurrency
 from bench.stack import RESULTS, bench_stack
 from worker.devkit.libvirt_env import connect
+from worker.hypervisors.domain_type import choose_domain_type
 
-ALL = ("B1", "B2", "B3", "B4", "B5")  # B6 (memory) is sampled during B2
-DEFAULT_REPEAT = {"B1": 15, "B2": 2, "B3": 3, "B4": 3, "B5": 15}
+ALL = ("B1", "B2", "B3", "B4", "B5", "B7", "B8", "B9")  # B6 (memory) is sampled during B2
+DEFAULT_REPEAT = {"B1": 15, "B2": 2, "B3": 3, "B4": 3, "B5": 15, "B7": 3, "B8": 5, "B9": 1}
 DEFAULT_SWEEP = (2, 4, 6, 8)
 
 
@@ -34,8 +44,10 @@ def _version(v: int) -> str:
 def machine() -> dict[str, Any]:
     conn = connect()
     try:
-        caps = conn.getDomainCapabilities(None, None, None, "kvm") if os.path.exists("/dev/kvm") else ""
-        kvm = "kvm" if caps and "<domain>kvm</domain>" in caps else "tcg"
+        # The domain type the worker itself picks: kvm only with hardware virtualization (not kvm_pvm).
+        choice = choose_domain_type(
+            libvirt_offers=lambda kind: f"<domain type='{kind}'" in conn.getCapabilities()
+        )
         libvirt_v, qemu_v = _version(conn.getLibVersion()), _version(conn.getVersion())
     finally:
         conn.close()
@@ -49,7 +61,8 @@ def machine() -> dict[str, Any]:
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "accel": kvm.upper(),
+        "accel": "KVM" if choice.domain_type == "kvm" else "TCG",
+        "accel_reason": choice.reason,
         "libvirt": libvirt_v,
         "qemu": qemu_v,
         "kernel": platform.release(),
@@ -122,6 +135,12 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 "-",
             )
         )
+    if "B7" in results:
+        rows.extend(b7_guest_ready.rows(results["B7"]))
+    if "B8" in results:
+        rows.extend(b8_restore.rows(results["B8"]))
+    if "B9" in results:
+        rows.extend(b9_scale.rows(results["B9"]))
     return rows
 
 
@@ -163,7 +182,7 @@ def chart(b1: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    p.add_argument("--only", default=",".join(ALL), help="comma-separated subset of B1..B5 (B6 runs with B2)")
+    p.add_argument("--only", default=",".join(ALL), help="comma-separated subset of B1..B9 (B6 runs with B2)")
     p.add_argument("--repeat", type=int, default=None, help="repeats for every selected benchmark")
     p.add_argument("--concurrency", default=",".join(map(str, DEFAULT_SWEEP)), help="B2 sweep")
     p.add_argument("-c", "--worker-concurrency", type=int, default=None,
@@ -196,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
             "B3": lambda: b3_distribution.run(stack, rep("B3"), conc),
             "B4": lambda: b4_capture.run(stack, rep("B4"), conc),
             "B5": lambda: b5_database.run(stack, rep("B5")),
+            # B7 boots the real guest on a stack of its own (DHCP network, guest master).
+            "B7": lambda: b7_guest_ready.run(rep("B7")),
+            # B8 (real guest) and B9 (20 hosts on test:///default) build stacks of their own too.
+            "B8": lambda: b8_restore.run(rep("B8")),
+            "B9": lambda: b9_scale.run(),
         }
         for name in ALL:
             if name not in only:
@@ -211,12 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     if "B1" in results:
         chart(results["B1"], RESULTS / "load_latency.png")
     rows = table(results)
-    (RESULTS / "latest.md").write_text(render(rows, markdown=True) + "\n")
+    note = f"\n{b7_guest_ready.tcg_note(results['B7'])}\n" if "B7" in results else ""
+    (RESULTS / "latest.md").write_text(render(rows, markdown=True) + "\n" + note)
     print()
     m = out["machine"]
     print(f"{m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, {m['accel']}, "
           f"libvirt {m['libvirt']}, QEMU {m['qemu']}; worker concurrency {conc}")  # fmt: skip
     print(render(rows))
+    if "B7" in results:
+        print(b7_guest_ready.tcg_note(results["B7"]))
     print(
         f"\nresults: {args.out}, {RESULTS / 'latest.md'}" + (", load_latency.png" if "B1" in results else "")
     )

@@ -4,6 +4,12 @@ dispatch → load (``new``) → capture (``image``) → reload (the request the 
 maintenance (``tomaintenance``), through the real Celery task path: an SQLite database created from
 the models and seeded as VCL's web front end seeds a site, an in-process broker and worker, real
 qemu-img, and ``qemu:///system`` when it answers (else ``test:///default``, said plainly).
+
+On ``qemu:///system`` the master is the project's real test guest (built offline, cached): the load
+finishes only when the guest answers SSH at the computer's ``privateIPaddress`` (pinned by a DHCP host
+entry on a private network), and the demo prints that address, the SSH banner and the time to it; the
+capture shuts the live guest down by ACPI. Only with libvirt's test driver (no libvirtd) does the demo
+fall back to a blank master whose simulated domains have no OS to answer.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -23,8 +31,11 @@ from rich.table import Table
 from worker.config import Settings, get_settings
 
 DEMO_NETWORK = "vcl-demo"
-DEMO_BRIDGE = "vcldemo0"
 DEMO_DATASTORE_ROOT = Path("/var/lib/libvirt/images")
+DEMO_SHORT = "demovm1"
+# The real guest powers off on ACPI in seconds; the blank (simulated) one never does.
+GUEST_SHUTDOWN_TIMEOUT = 60
+GUEST_READY_TIMEOUT = 180
 
 
 @dataclass
@@ -65,6 +76,7 @@ def run_demo(keep: bool = False) -> int:
     logging.getLogger("kombu.connection").setLevel(logging.ERROR)
     console.rule("[bold]vcl-worker demo: dispatch → load → capture → reload → maintenance")
     uri = _libvirt_uri(console)
+    real = uri.startswith("qemu")
     workdir = Path(tempfile.mkdtemp(prefix="vcl-demo-", dir=DEMO_DATASTORE_ROOT))
     workdir.chmod(0o755)
     datastore = workdir / "images"
@@ -78,53 +90,119 @@ def run_demo(keep: bool = False) -> int:
         lock_redis_url="memory://",
         libvirt_uri=uri,
         lock_dir=str(workdir / "locks"),
-        shutdown_timeout=int(os.environ.get("VCL_SHUTDOWN_TIMEOUT", "3")),
-        shutdown_retry_interval=1,
-        # The demo's blank master has no OS that could answer a readiness probe.
-        wait_for_guest=False,
+        shutdown_timeout=int(
+            os.environ.get("VCL_SHUTDOWN_TIMEOUT", str(GUEST_SHUTDOWN_TIMEOUT if real else 3))
+        ),
+        shutdown_retry_interval=1 if not real else 5,
+        # The real guest is waited for (SSH banner); the simulated domains have no OS to answer.
+        wait_for_guest=real,
+        ready_timeout=int(os.environ.get("VCL_READY_TIMEOUT", str(GUEST_READY_TIMEOUT))),
     )
     console.print(f"libvirt: [bold]{uri}[/]   database: {db_path}   datastore: {datastore}")
+    cleanup: list[Callable[[], object]] = []
     try:
-        return _run_cycle(console, settings, datastore)
+        site = _demo_site(console, settings, datastore, cleanup)
+        return _run_cycle(console, settings, site)
     finally:
         if keep:
-            console.print(f"kept {workdir} and network {DEMO_NETWORK}")
+            console.print(f"kept {workdir} and the demo network")
         else:
-            if uri.startswith("qemu"):
-                from worker.devkit.libvirt_env import remove_network
-
-                remove_network(DEMO_NETWORK, uri)
+            for undo in reversed(cleanup):
+                undo()
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
-    from celery.contrib.testing.worker import start_worker
+@dataclass
+class DemoSite:
+    site: Any  # worker.db.seed.SeededSite
+    store: Any  # worker.db.store.VclStore
+    web: Any  # worker.devkit.site.SiteRequests
+    guest: bool  # the real guest (its address and banner are reported), or a blank master
 
-    from worker import wiring as runtime
-    from worker.app import app, configure, vmhost_queue
+
+def _demo_site(
+    console: Console, settings: Settings, datastore: Path, cleanup: list[Callable[[], object]]
+) -> DemoSite:
+    """The SQLite VCL database seeded with one VM host and computer ``demovm1``; its master is the
+    real guest on ``qemu:///system`` (a DHCP network pins the computer's address), else blank."""
     from worker.db.engine import make_engine, make_session_factory
     from worker.db.seed import create_demo_schema, seed_site
     from worker.db.store import VclStore
     from worker.devkit.images import make_master
-    from worker.devkit.libvirt_env import ensure_isolated_network
     from worker.devkit.site import SiteRequests, host_site_spec
-    from worker.dispatcher import dispatch_once
-    from worker.progress_view import wait_with_progress
 
-    # libvirt's test driver has one network, "default"; on a real host the demo makes its own.
-    switch = "default"
-    if settings.libvirt_uri.startswith("qemu"):
-        switch = ensure_isolated_network(DEMO_NETWORK, settings.libvirt_uri, bridge=DEMO_BRIDGE)
     engine = make_engine(settings.database_url)
     create_demo_schema(engine)
     sf = make_session_factory(engine)
-    store = VclStore(sf)
-    site = seed_site(sf, host_site_spec(datastore, switch, "demohost", ("demovm1.example.org",)))
-    web = SiteRequests(sf=sf, site=site)
-    # A small master with recognisable data (no OS: the VM idles in its firmware).
-    make_master(datastore / f"{site.imagename}.qcow2", pattern=0x5A, data_mb=4, mode=0o444)
-    console.print(f"seeded site: VM host demohost, computer demovm1, image {site.imagename}")
+    hostnames = (f"{DEMO_SHORT}.example.org",)
+    if not settings.libvirt_uri.startswith("qemu"):
+        # libvirt's test driver has one network, "default", and simulated domains: a blank master.
+        site = seed_site(sf, host_site_spec(datastore, "default", "demohost", hostnames))
+        make_master(datastore / f"{site.imagename}.qcow2", pattern=0x5A, data_mb=4, mode=0o444)
+        console.print(f"seeded site: VM host demohost, computer {DEMO_SHORT}, image {site.imagename} (blank)")
+        return DemoSite(site, VclStore(sf), SiteRequests(sf=sf, site=site), guest=False)
 
+    from worker.devkit.guest_image import ensure_guest_image
+    from worker.devkit.guest_master import install_guest_master
+    from worker.devkit.guest_network import create_dhcp_network, remove_network
+    from worker.devkit.libvirt_env import cleanup_domains, connect
+
+    t0 = time.monotonic()
+    image = ensure_guest_image()
+    how = "cached" if image.cached else f"built in {time.monotonic() - t0:.0f} s"
+    console.print(
+        f"test guest: {image.path} ({how}; kernel {image.kernel_version}, SSH key {image.private_key})"
+    )
+    conn = connect(settings.libvirt_uri)
+    net = create_dhcp_network(conn, DEMO_NETWORK)
+    cleanup.append(conn.close)
+    cleanup.append(lambda: remove_network(conn, net.name))
+    # Whatever a failed step left behind (a finished cycle leaves nothing: maintenance removes it).
+    cleanup.append(lambda: cleanup_domains(f"{DEMO_SHORT}_", settings.libvirt_uri))
+    spec = host_site_spec(
+        datastore, net.name, "demohost", hostnames, virtualswitch1="", vm_ip_prefix=net.prefix,
+        vm_ip_start=20, image_minram=256, management_node_keys=str(image.private_key),
+    )  # fmt: skip
+    site = seed_site(sf, spec)
+    install_guest_master(image, datastore, site.imagename)
+    console.print(
+        f"seeded site: VM host demohost, computer {DEMO_SHORT} (privateIPaddress {net.host_ip(20)} on "
+        f"network {net.name}, {net.subnet}), image {site.imagename} = the test guest"
+    )
+    return DemoSite(site, VclStore(sf), SiteRequests(sf=sf, site=site), guest=True)
+
+
+def _report_guest(console: Console, value: Any, seconds: float) -> bool:
+    """What a VCL user gets from the load: where the guest answers, what, and after how long;
+    False when the load reported no answering guest."""
+    from worker.hypervisors.domain_type import choose_domain_type
+
+    if not isinstance(value, dict) or not value.get("banner"):
+        console.print(f"[bold red]the load reported no answering guest: {value!r}[/]")
+        return False
+    kind = str(value.get("domain_type") or "")
+    accel = "KVM" if kind == "kvm" else "TCG, software emulation"
+    console.print(f"guest address: [bold]{value['address']}[/] (computer.privateIPaddress)")
+    console.print(f"SSH banner: [bold]{value['banner']}[/] on port {value['port']}")
+    console.print(f"time to SSH: [bold]{seconds:.1f} s[/] from dispatch (the load finishes when SSH answers)")
+    console.print(f"domain type: [bold]{kind}[/] ({accel}): {choose_domain_type().reason}")
+    return True
+
+
+def _run_cycle(console: Console, settings: Settings, demo: DemoSite) -> int:
+    from celery.contrib.testing.worker import start_worker
+
+    from worker import wiring as runtime
+    from worker.app import app, configure, vmhost_queue
+    from worker.dispatcher import dispatch_once
+    from worker.progress_view import wait_with_progress
+
+    site, store, web = demo.site, demo.store, demo.web
+    if not demo.guest:
+        console.print(
+            f"[bold yellow]{settings.libvirt_uri}: the domains are simulated and have no OS; there is "
+            "no guest address, SSH banner or time to SSH to show.[/]"
+        )
     configure(app, settings)
     runtime.configure(settings, store)
     queue = vmhost_queue("demohost")
@@ -132,7 +210,7 @@ def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
     results: list[StepResult] = []
     computer_id = site.computer_ids[0]
 
-    def run_step(step: str) -> bool:
+    def run_step(step: str, on_success: Callable[[Any, float], bool] | None = None) -> bool:
         t0 = time.monotonic()
         done = dispatch_once(store, app, site.management_node_id)
         enqueued = [d for d in done if d.action == "enqueued"]
@@ -152,22 +230,32 @@ def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
         d = enqueued[0]
         console.print(f"[bold]{step}[/]: request {d.request_id} ({d.state}) → {d.task_name} on {d.queue}")
         state, value = wait_with_progress(app.AsyncResult(d.task_id), timeout=600)
+        seconds = time.monotonic() - t0
         states = store.request_states(d.request_id)
         detail = value.get("detail", "") if isinstance(value, dict) else str(value)
         if isinstance(value, dict) and value.get("domain"):
             detail = f"domain {value['domain']} {detail}".strip()
+        if isinstance(value, dict) and value.get("banner"):
+            detail = f"{detail}; {value['address']} answered {value['banner']}".strip("; ")
+        if isinstance(value, dict) and "core_shutdown" in value.get("timings", {}):
+            detail = f"{detail}; ACPI shutdown {value['timings']['core_shutdown']:.1f} s".strip("; ")
         results.append(
             StepResult(
                 step,
                 str(d.task_name),
                 state,
-                time.monotonic() - t0,
+                seconds,
                 "/".join(states) if states else "(removed)",
                 store.computer_state(computer_id),
                 detail,
             )
         )
+        if state == "SUCCESS" and on_success is not None:
+            return on_success(value, seconds)
         return state == "SUCCESS"
+
+    def report(value: Any, seconds: float) -> bool:
+        return _report_guest(console, value, seconds) if demo.guest else True
 
     with start_worker(
         app,
@@ -180,12 +268,12 @@ def _run_cycle(console: Console, settings: Settings, datastore: Path) -> int:
     ):
         ok = True
         web.new_request()
-        ok = run_step("load (new)")
+        ok = run_step("load (new)", report)
         if ok:
             web.capture_request()
             ok = run_step("capture (image)")
         if ok:
-            ok = run_step("reload (inserted by capture)")
+            ok = run_step("reload (inserted by capture)", report)
         if ok:
             web.maintenance_request()
             ok = run_step("maintenance (tomaintenance)")

@@ -70,6 +70,22 @@ class InProcessKV:
         with self.cond:
             self._data.pop(key, None)
 
+    def incr(self, key: str, amount: int = 1) -> int:
+        """Redis INCR: a missing key counts from 0; the expiry is kept."""
+        with self.cond:
+            current = self.get(key)
+            value = int(current or b"0") + amount
+            expires = self._data[key][1] if key in self._data else None
+            self._data[key] = (str(value).encode(), expires)
+            return value
+
+    def expire(self, key: str, seconds: float) -> bool:
+        with self.cond:
+            if self.get(key) is None:
+                return False
+            self._data[key] = (self._data[key][0], time.monotonic() + seconds)
+            return True
+
     def lock(
         self, name: str, timeout: float | None = None, blocking_timeout: float | None = None, **_: Any
     ) -> _Lock:

@@ -15,6 +15,9 @@ database side of it is :mod:`worker.db.inventory`):
   state but ``complete``/``failed``; ``pending`` counts, so a load in progress is never reaped).
 * A computer with an ``image``/``checkpoint`` request (pending or not) or a ``maintenance`` request
   (a failed capture, kept for the admin) is protected as a whole: nothing of it is reaped.
+* Boot snapshot files ``<vmpath>/<short>_<imageid>-v<rev>.bootsnap.{json,mem,<imagetype>}`` (and their
+  ``.part`` files) follow the same rule: kept while their ``(computer, imageid, revision)`` is live or
+  the computer protected, removed otherwise (manifest first, so a half-removed set is never used).
 * Extra guards on files: a file whose stem is an ``imagerevision.imagename`` or ``image.name`` (a
   master) is never removed, nor one without a backing file (overlays always have one; masters never),
   nor one used as a disk by a domain that is kept, nor one that another kept file uses as its backing
@@ -45,6 +48,7 @@ from dataclasses import dataclass, field
 from worker.db.inventory import HostInventory, UnknownVMHostError
 from worker.db.store import VclStore
 from worker.hypervisors import qemuimg
+from worker.hypervisors.boot_snapshot_files import file_re as snapshot_file_re
 from worker.hypervisors.errors import InvalidInputError, PermanentError, ProvisioningError
 from worker.hypervisors.host import LibvirtHost
 from worker.hypervisors.roots import under_roots
@@ -65,7 +69,7 @@ NOT_REMOVED = "not removed:"
 
 @dataclass(frozen=True)
 class Orphan:
-    kind: str  # "domain" or "overlay"
+    kind: str  # "domain", "overlay" or "snapshot" (a boot snapshot's file)
     name: str  # domain name or absolute file path
     computer: str
     reason: str
@@ -88,6 +92,10 @@ class ReapPlan:
     @property
     def overlays(self) -> list[Orphan]:
         return [o for o in self.orphans if o.kind == "overlay"]
+
+    @property
+    def snapshots(self) -> list[Orphan]:
+        return [o for o in self.orphans if o.kind == "snapshot"]
 
 
 def _why_dead(site: HostInventory, short: str, imageid: int, rev: int) -> str | None:
@@ -190,7 +198,26 @@ def plan_reap(
             plan.kept.append((path, "backing file of another file"))
             continue
         plan.orphans.append(Orphan("overlay", path, short, why, _ids(site, short)))
+    _plan_snapshots(plan, site, vmpath)
     return plan
+
+
+def _plan_snapshots(plan: ReapPlan, site: HostInventory, vmpath: str) -> None:
+    """Boot snapshot files (worker.hypervisors.boot_snapshot) live and die with their (computer,
+    revision): kept while it is live, removed otherwise. Never a domain's disk (a restore copies
+    the saved disk), so no libvirt or qemu-img check is needed; the manifest sorts (and goes) first."""
+    pattern = snapshot_file_re(site.imagetype)
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        entries = [e for e in os.scandir(vmpath) if e.is_file(follow_symlinks=False)]
+        for entry in sorted(entries, key=lambda e: (not e.name.endswith(".json"), e.name)):
+            m = pattern.match(entry.name)
+            if m is None or m["short"] not in site.computers:
+                continue
+            why = _why_dead(site, m["short"], int(m["imageid"]), int(m["rev"]))
+            if why is None:
+                plan.kept.append((entry.path, "live boot snapshot"))
+            else:
+                plan.orphans.append(Orphan("snapshot", entry.path, m["short"], why, _ids(site, m["short"])))
 
 
 Replan = Callable[[], ReapPlan]
@@ -238,7 +265,9 @@ def apply_plan(plan: ReapPlan, host: LibvirtHost, replan: Replan, lock_for: Lock
     overlays = replan().overlays if plan.domains else plan.overlays
     for o in overlays:
         attempt(o)
-    plan.orphans = [o for o in (*plan.domains, *overlays) if o.name in removed]
+    for o in plan.snapshots:
+        attempt(o)
+    plan.orphans = [o for o in (*plan.domains, *overlays, *plan.snapshots) if o.name in removed]
     return removed
 
 
@@ -289,7 +318,7 @@ def format_plan(plan: ReapPlan, applied: bool) -> Iterable[str]:
             yield f"kept {name} ({why})"
     yield (
         f"{len(plan.domains)} orphan domain(s), {len(plan.overlays)} orphan overlay(s), "
-        f"{len(plan.kept)} kept"
+        f"{len(plan.snapshots)} orphan boot snapshot file(s), {len(plan.kept)} kept"
         + ("" if applied or not plan.orphans else "; run with --apply to remove them")
     )
 

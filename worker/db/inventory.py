@@ -6,7 +6,8 @@ the computer's current ``imagerevisionid`` or that of a reservation on it whose 
 (any state but ``complete``/``failed``; ``pending`` counts, so a load in progress is live). A
 computer with an ``image``/``checkpoint`` request (pending or not) or a ``maintenance`` request (a
 failed capture kept for the admin) is *protected* as a whole. Only ``virtualmachine`` computers are
-listed: names of other computers are never the reaper's to touch.
+listed: names of other computers are never the reaper's to touch. The same live set decides over a
+computer's boot snapshot files (a snapshot of a live revision is never an orphan).
 """
 
 from __future__ import annotations

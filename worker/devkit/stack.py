@@ -47,6 +47,9 @@ from worker.devkit.libvirt_env import (
 )
 from worker.devkit.site import SiteRequests, host_site_spec
 
+# The real guest powers off on the ACPI button in a few seconds; a capture waits up to this long.
+GUEST_SHUTDOWN_TIMEOUT = 60
+
 
 @dataclass(frozen=True)
 class StackConfig:
@@ -70,7 +73,9 @@ class StackConfig:
     # loads that finish only when the guest answers SSH.
     guest: bool = False
     # The blank guests have no OS and never answer ACPI: destroy them after seconds, not a minute.
-    shutdown_timeout: int = 2
+    # None: 2 s for blank guests, 60 s for the real guest (it honours ACPI; destroying it after 2 s
+    # would capture a disk that was never cleanly shut down).
+    shutdown_timeout: int | None = None
     lock_wait: int = 240
     env: Mapping[str, str] = field(default_factory=dict)
     site: Mapping[str, Any] = field(default_factory=dict)
@@ -186,6 +191,12 @@ def _quietly(fn: Callable[..., object], *args: Any) -> None:
         print(f"stack cleanup {getattr(fn, '__name__', fn)}{args}: {exc}", file=sys.stderr)
 
 
+def _shutdown_timeout(config: StackConfig) -> int:
+    if config.shutdown_timeout is not None:
+        return config.shutdown_timeout
+    return GUEST_SHUTDOWN_TIMEOUT if config.guest else 2
+
+
 def build_stack(config: StackConfig, cls: type[S], **extra: Any) -> S:
     """Make every resource of ``config`` and return ``cls(..., **extra)``; ``close()`` removes them."""
     cleanup = contextlib.ExitStack()
@@ -238,7 +249,7 @@ def _build(config: StackConfig, cls: type[S], cleanup: contextlib.ExitStack, ext
     broker, results, locks = (f"{config.redis_url}/{db}" for db in config.redis_dbs)
     settings = replace(
         Settings(), database_url=db_url, broker_url=broker, result_backend=results, lock_redis_url=locks,
-        lock_dir=str(datastore / ".locks"), shutdown_timeout=config.shutdown_timeout,
+        lock_dir=str(datastore / ".locks"), shutdown_timeout=_shutdown_timeout(config),
         shutdown_retry_interval=1, lock_wait=config.lock_wait,
         # Blank masters have no OS to answer: only a real guest is waited for.
         wait_for_guest=config.guest or config.master_source is not None,

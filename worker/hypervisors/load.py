@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from worker.config import Settings
 from worker.failpoints import failpoint
 from worker.hypervisors import domain_xml
+from worker.hypervisors.boot_snapshot import BootSnapshot
 from worker.hypervisors.domain_spec import domain_spec
 from worker.hypervisors.domain_xml import NicSpec
 from worker.hypervisors.drivers.base import DiskOptions, Driver, PreparedDisk
@@ -38,6 +39,8 @@ class LoadResult:
     timings: Mapping[str, float]
     # How the user reaches the guest; None when readiness was not checked (see Settings.wait_for_guest).
     answer: GuestAnswer | None = None
+    # "restored" (from the boot snapshot), "saved" (this cold boot made one) or "" (neither).
+    boot_snapshot: str = ""
 
 
 def disk_options(settings: Settings) -> DiskOptions:
@@ -83,12 +86,22 @@ def load(
     eth0 = spec.nics[0] if spec.nics else None
     if pin_private_address(host, layout.reservation, eth0):
         clock.mark("dhcp_host_entry")
-    disk, guest = _create_domain(host, driver, layout, xml, settings, progress, clock)
-    progress("startvm", f"started domain {guest.name}")
-    answer = None
-    if settings.wait_for_guest and driver.boots_guests:
-        answer = _wait_for_guest(host, layout, guest, disk, eth0, settings)
-        clock.mark("guest_ready")
+    snapshot = BootSnapshot.for_load(host, driver, layout, spec, xml, settings)
+    restored = snapshot.restore(progress, clock.mark) if snapshot else None
+    answer, made = None, ""
+    if restored is not None:
+        disk, guest, answer = restored
+        made = "restored"
+    else:
+        disk, guest = _create_domain(host, driver, layout, xml, settings, progress, clock)
+        progress("startvm", f"started domain {guest.name}")
+        if settings.wait_for_guest and driver.boots_guests:
+            answer = _wait_for_guest(host, layout, guest, disk, eth0, settings)
+            clock.mark("guest_ready")
+            # Before the task can report success: the saved pair is whole, or there is none.
+            if snapshot is not None and snapshot.save(guest, answer, clock.mark) is not None:
+                made = "saved"
+    if answer is not None:
         progress(
             "machinebooted",
             f"{answer.address}:{answer.port} answered after {answer.seconds:.1f} s {answer.banner}".strip(),
@@ -101,6 +114,7 @@ def load(
         master_copied=disk.master_copied,
         timings=clock.total(),
         answer=answer,
+        boot_snapshot=made,
     )
 
 

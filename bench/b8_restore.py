@@ -1,0 +1,136 @@
+"""B8: reload latency, enqueue ``vcl.reload`` → SUCCESS (the guest answers SSH, post-load done), with
+a boot snapshot against a cold boot of the same guest on the same host, interleaved in one run.
+
+Its own real-guest stack (the built test guest as master, a DHCP network, Redis DBs 14/15) with two
+prefork workers on the one VM host: one with boot snapshots (``VCL_BOOT_SNAPSHOTS=1``) serving
+computer 0, one without serving computer 1 on a second queue of the same host. The first reload of
+computer 0 boots cold and saves the snapshot (its extra cost is reported); every later one restores.
+``python -m bench.b8_restore [--repeat N]`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import med, ratio
+from bench.stack import RESULTS
+from worker.devkit.stack import Stack, StackConfig, open_stack
+from worker.hypervisors.boot_snapshot_files import disk_cost
+from worker.hypervisors.readiness import wait_for_ssh
+
+TARGET = 0.15
+TASK_TIMEOUT = 400
+SNAP, COLD = 0, 1  # computer indexes
+SAVE_STEPS = ("snapshot_save", "snapshot_disk_copy", "snapshot_resume")
+
+
+def _reload(stack: Stack, index: int, queue: str) -> tuple[float, float, dict[str, Any]]:
+    """(enqueue → SUCCESS, enqueue → SSH banner read by us, task result) of one reload."""
+    _req, res = stack.new_request(index, "reload")
+    ip = str(
+        stack.one("SELECT privateIPaddress FROM computer WHERE id=:i", i=stack.site.computer_ids[index])[0]
+    )
+    t0 = time.perf_counter()
+    value = stack.send("vcl.reload", res, queue=queue).get(timeout=TASK_TIMEOUT)
+    done = time.perf_counter() - t0
+    wait_for_ssh(ip, deadline=30)
+    ssh = time.perf_counter() - t0
+    assert value["request_state"] == "complete", value
+    return done, ssh, value
+
+
+def run(repeat: int = 5) -> dict[str, Any]:
+    config = StackConfig(tag="b8", vms=2, guest=True, redis_dbs=(14, 15, 15), env={"VCL_LOG_LEVEL": "INFO"})
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open_stack(config, Stack) as stack:
+        cold_queue = stack.queue + ".cold"
+        stack.start_worker(RESULTS, concurrency=1, env={"VCL_BOOT_SNAPSHOTS": "1"})
+        stack.start_worker(RESULTS, concurrency=1, queues=[cold_queue], env={"VCL_BOOT_SNAPSHOTS": "0"})
+        # Untimed warm-up of both workers; the snapshot worker's first reload boots cold and saves.
+        first_s, _, first = _reload(stack, SNAP, stack.queue)
+        cold_first_s, _, _ = _reload(stack, COLD, cold_queue)
+        cost = disk_cost(str(stack.datastore))
+        snap_s: list[float] = []
+        snap_ssh: list[float] = []
+        cold_s: list[float] = []
+        cold_ssh: list[float] = []
+        phases: list[dict[str, float]] = []
+        for i in range(repeat):
+            order = (SNAP, COLD) if i % 2 == 0 else (COLD, SNAP)
+            for index in order:
+                if index == SNAP:
+                    done, ssh, value = _reload(stack, SNAP, stack.queue)
+                    timings = value["timings"]
+                    assert "core_snapshot_restore" in timings, f"reload did not restore: {timings}"
+                    snap_s.append(done)
+                    snap_ssh.append(ssh)
+                    phases.append(timings)
+                else:
+                    done, ssh, value = _reload(stack, COLD, cold_queue)
+                    assert "core_snapshot_restore" not in value["timings"], value["timings"]
+                    cold_s.append(done)
+                    cold_ssh.append(ssh)
+            print(f"  B8 repeat {i + 1}: snapshot {snap_s[-1]:.2f} s, cold {cold_s[-1]:.2f} s", flush=True)
+    snap_med, cold_med = med(snap_s), med(cold_s)
+    keys = sorted({k for p in phases for k in p if k.startswith("core_") or k == "lock_wait"})
+    ft = first["timings"]
+    return {
+        "snapshot_s": snap_s,
+        "cold_s": cold_s,
+        "snapshot_ssh_s": snap_ssh,
+        "cold_ssh_s": cold_ssh,
+        "snapshot_median_s": round(snap_med, 3),
+        "cold_median_s": round(cold_med, 3),
+        "snapshot_ssh_median_s": round(med(snap_ssh), 3),
+        "cold_ssh_median_s": round(med(cold_ssh), 3),
+        "ratio": ratio(snap_med, cold_med),
+        "target": TARGET,
+        "met": snap_med / cold_med <= TARGET,
+        "first_reload_with_save_s": round(first_s, 3),
+        "first_cold_reload_s": round(cold_first_s, 3),
+        "save_cost_s": {
+            k: ft.get(f"core_{k}") for k in ("snapshot_save", "snapshot_disk_copy", "snapshot_resume")
+        },
+        "memory_state_mib": round(cost["memory_bytes"] / 2**20, 1),
+        "snapshot_disk_mib": round(cost["disk_bytes"] / 2**20, 1),
+        "snapshot_phase_medians_s": {k: round(med([p[k] for p in phases if k in p]), 3) for k in keys},
+        "repeat": repeat,
+        # libvirt's domain type: "qemu" is TCG, "kvm" hardware virtualization.
+        "accel": "TCG" if first.get("domain_type") == "qemu" else str(first.get("domain_type")),
+    }
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    met = f"<= {r['target']} {'MET' if r['met'] else 'MISSED'}"
+    save = r["save_cost_s"]
+    return [
+        ("B8 reload enqueue→SUCCESS (SSH + post-load), boot snapshot vs cold boot",
+         f"{r['snapshot_median_s']:.3f} s", f"{r['cold_median_s']:.3f} s cold", f"{r['ratio']:.2f}", met),
+        ("B8 same, enqueue→our own SSH banner read", f"{r['snapshot_ssh_median_s']:.3f} s",
+         f"{r['cold_ssh_median_s']:.3f} s cold", "-", "-"),
+        ("B8 first load of a revision: cold boot + save (save / copy / resume)",
+         f"{r['first_reload_with_save_s']:.3f} s ({save['snapshot_save']} / {save['snapshot_disk_copy']} / "
+         f"{save['snapshot_resume']} s)", f"{r['first_cold_reload_s']:.3f} s cold", "-", "-"),
+        ("B8 disk cost per computer: memory state + saved overlay",
+         f"{r['memory_state_mib']:.0f} MiB + {r['snapshot_disk_mib']:.1f} MiB", "-", "-", "-"),
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.b8_restore", description=__doc__)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--out", default=str(RESULTS / "b8.json"))
+    args = p.parse_args(argv)
+    result = run(args.repeat)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    for row in rows(result):
+        print(" | ".join(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,246 @@
+"""Boot snapshots: a reload of a revision this computer already booted resumes a saved post-boot guest.
+
+After the first cold boot of a revision on a computer (guest answering, post-load done) the load
+saves the guest with libvirt's ``virDomainSave`` (the domain stops; QEMU has flushed the overlay),
+copies the overlay, and resumes the user's guest from that very file with ``virDomainRestoreFlags``:
+the resume proves the pair restorable before the manifest is written, and the task reports success
+only after that. A later load of the same revision on the same computer copies the saved overlay to
+the computer's overlay path (a fresh copy: never the previous user's disk), defines the domain and
+restores the memory state with the load's own XML (libvirt accepts it: same name, UUID and MACs, the
+only changes are metadata and the console), then checks readiness as usual. Anything failing there
+removes what the attempt made, discards the snapshot and returns None: the load boots cold.
+
+Files and manifest: :mod:`worker.hypervisors.boot_snapshot_files`. Clock and DHCP behaviour, and
+what an image must tolerate: README "Boot snapshots".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+import libvirt
+
+from worker.config import Settings
+from worker.hypervisors import boot_snapshot_files as files_mod
+from worker.hypervisors.domain_xml import DomainSpec
+from worker.hypervisors.drivers.base import Driver, PreparedDisk
+from worker.hypervisors.drivers.kvm import DISK_MODE, qemu_owner
+from worker.hypervisors.errors import ProvisioningError
+from worker.hypervisors.guest import Guest
+from worker.hypervisors.guest_access import GuestAnswer, wait_until_answering
+from worker.hypervisors.host import LibvirtHost
+from worker.hypervisors.layout import Layout
+from worker.hypervisors.lifecycle import remove_domain
+from worker.hypervisors.postload import GuestShell, login_for
+from worker.hypervisors.progress import Progress
+from worker.hypervisors.readiness import wait_for_port
+
+log = logging.getLogger(__name__)
+Mark = Callable[[str], None]
+
+# A restored guest is the running OS resumed: it answers within a second or two, or something is
+# wrong (then a cold boot is cheaper than waiting out the image's whole reload time).
+RESTORE_READY_SECONDS = 60
+# Room left free after a save, on top of the memory state itself.
+FREE_MARGIN_BYTES = 256 * 2**20
+_MiB = 2**20
+
+
+class BootSnapshot:
+    """The boot snapshot of one load's (computer, revision), built for one ``load()`` call."""
+
+    def __init__(
+        self, host: LibvirtHost, layout: Layout, spec: DomainSpec, xml: str, settings: Settings
+    ) -> None:
+        self.host, self.layout, self.spec, self.xml, self.settings = host, layout, spec, xml, settings
+        self.files = files_mod.snapshot_files(layout)
+        self.record = files_mod.made_from(host, layout, spec)
+
+    @classmethod
+    def for_load(
+        cls, host: LibvirtHost, driver: Driver, layout: Layout, spec: DomainSpec, xml: str, settings: Settings
+    ) -> BootSnapshot | None:
+        """None when snapshots do not apply: switched off, no real guest, or no fixed address (a
+        restored guest keeps the address it had; only ``privateIPaddress`` makes that the right one)."""
+        if not (settings.boot_snapshots and settings.wait_for_guest and driver.boots_guests):
+            return None
+        if not layout.reservation.computer_private_ip:
+            return None
+        return cls(host, layout, spec, xml, settings)
+
+    @property
+    def _mac(self) -> str | None:
+        return self.spec.nics[0].mac if self.spec.nics else None
+
+    # ------------------------------------------------------------------ restore
+    def restore(self, progress: Progress, mark: Mark) -> tuple[PreparedDisk, Guest, GuestAnswer] | None:
+        """Resume the saved guest on a fresh copy of its disk; None (nothing left behind) when there
+        is no valid snapshot or the restore failed: the caller boots cold."""
+        reason = files_mod.stale_reason(self.files, self.record)
+        if reason is not None:
+            if any(os.path.exists(p) for p in self.files.finals):
+                log.info("boot snapshot of %s discarded: %s", self.layout.domain_name, reason)
+                self.files.remove()
+            return None
+        assert self.record is not None
+        cow, name = self.layout.cow_path, self.layout.domain_name
+        try:
+            _copy_disk(self.files.disk, cow)
+            mark("snapshot_disk_copy")
+            progress("transfervm", f"fresh copy of the boot snapshot's disk of {self.layout.image_name}")
+            guest = self.host.define(self.xml, autostart=True)
+            progress("vmsetupconfig", f"defined domain {guest.name}")
+            self._restore_file(self.files.memory, self.xml)
+            mark("snapshot_restore")
+            progress("startvm", f"restored domain {name} from its boot snapshot")
+            quick = dataclasses.replace(self.settings, ready_timeout=RESTORE_READY_SECONDS)
+            answer = wait_until_answering(self.host, name, self.layout.reservation, self._mac, quick)
+            mark("guest_ready")
+            self.sync_clock(answer)
+            mark("clock_sync")
+        except (ProvisioningError, OSError) as exc:
+            log.warning("restore of %s failed, booting cold instead: %s", name, exc)
+            self._undo()
+            self.files.remove()
+            return None
+        except BaseException:
+            self._undo()
+            raise
+        disk = PreparedDisk(self.record["master"]["path"], cow, master_copied=False)
+        return disk, guest, answer
+
+    def _restore_file(self, path: str, xml: str | None) -> None:
+        self.host.call(
+            f"restore {self.layout.domain_name} from {path}",
+            lambda c: c.restoreFlags(path, xml, libvirt.VIR_DOMAIN_SAVE_RUNNING),
+        )
+
+    def _undo(self) -> None:
+        """Remove the domain and overlay a failed restore made, never the snapshot's own files."""
+        with contextlib.suppress(Exception):
+            guest = self.host.lookup_guest(self.layout.domain_name)
+            if guest is not None:
+                remove_domain(guest, False, self.settings.roots)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.layout.cow_path)
+
+    def sync_clock(self, answer: GuestAnswer) -> float | None:
+        """Set the guest's clock to the host's; returns how far behind it was (None: no login).
+
+        The resumed guest's clock stands where it stood at the save. Images without a guest agent
+        cannot be reached through libvirt's virDomainSetTime, so this uses the post-load login."""
+        login = login_for(self.layout.reservation, answer.address)
+        if login is None:
+            return None
+        try:
+            with GuestShell(login) as shell:
+                _status, out = shell.run(["date", "+%s"])
+                behind = time.time() - float(out.strip() or "nan")
+                shell.check(["date", "-u", "-s", f"@{round(time.time())}"])
+        except (ProvisioningError, ValueError) as exc:
+            log.warning("%s: guest clock not set after the restore: %s", answer.address, exc)
+            return None
+        log.info("%s: guest clock was %.1f s behind after the restore; set", answer.address, behind)
+        return behind
+
+    # ------------------------------------------------------------------ save
+    def save(self, guest: Guest, answer: GuestAnswer, mark: Mark) -> dict[str, Any] | None:
+        """Save the answering guest's memory and overlay as this revision's boot snapshot, resume it,
+        and return the manifest's cost record; None when no snapshot was made (the guest runs on)."""
+        # Read again: a master copied from the repository by this load did not exist before it.
+        self.record = files_mod.made_from(self.host, self.layout, self.spec)
+        if self.record is None:
+            return None
+        self.files.remove()  # an older snapshot of this name was stale, or this save replaces it
+        free = shutil.disk_usage(self.layout.vm_path).free
+        if free < self.spec.memory_mib * _MiB + FREE_MARGIN_BYTES:
+            log.warning(
+                "no boot snapshot of %s: %d MiB free in %s", guest.name, free // _MiB, self.layout.vm_path
+            )
+            return None
+        mem, disk = self.files.part(self.files.memory), self.files.part(self.files.disk)
+        t0 = time.monotonic()
+        try:
+            self.host.call(f"save {guest.name}", lambda c: c.lookupByName(guest.name).saveFlags(mem, None, 0))
+        except ProvisioningError as exc:
+            log.warning("no boot snapshot of %s: save failed: %s", guest.name, exc)
+            self.files.remove()
+            if not guest.is_active():
+                self._cold_restart(guest, answer)
+            return None
+        saved = time.monotonic()
+        mark("snapshot_save")
+        copied = True
+        try:
+            # The domain is stopped: the overlay is quiescent and matches the memory state exactly.
+            shutil.copyfile(self.layout.cow_path, disk)
+            os.chmod(disk, 0o600)
+            files_mod.fsync_file(disk)
+            files_mod.fsync_file(mem)
+        except OSError as exc:
+            log.warning("no boot snapshot of %s: copying the overlay failed: %s", guest.name, exc)
+            copied = False
+        mark("snapshot_disk_copy")
+        resumed = self._resume(guest, answer, mem)
+        mark("snapshot_resume")
+        if not (copied and resumed):
+            self.files.remove()
+            return None
+        os.rename(mem, self.files.memory)
+        os.rename(disk, self.files.disk)
+        cost = {
+            "saved_at": time.time(),
+            "save_seconds": round(saved - t0, 3),
+            "total_seconds": round(time.monotonic() - t0, 3),
+            "address": answer.address,
+        }
+        files_mod.write_manifest(self.files, self.record, cost)
+        size = os.path.getsize(self.files.memory)
+        log.info(
+            "boot snapshot of %s saved in %.1f s: memory state %d MiB, disk %d MiB",
+            guest.name, cost["total_seconds"], size // _MiB, os.path.getsize(self.files.disk) // _MiB,
+        )  # fmt: skip
+        return {**cost, "memory_bytes": size}
+
+    def _resume(self, guest: Guest, answer: GuestAnswer, mem: str) -> bool:
+        """The user's guest runs again and answers: resumed from ``mem`` (True: the pair is proven
+        restorable), else booted cold from its overlay (False)."""
+        try:
+            self._restore_file(mem, None)
+            wait_for_port(answer.address, answer.port, deadline=RESTORE_READY_SECONDS)
+            return True
+        except ProvisioningError as exc:
+            log.warning("%s did not resume from its save (%s); booting it cold", guest.name, exc)
+        self._cold_restart(guest, answer)
+        return False
+
+    def _cold_restart(self, guest: Guest, answer: GuestAnswer) -> None:
+        guest.power_off()
+        guest.start()
+        wait_until_answering(self.host, guest.name, self.layout.reservation, self._mac, self.settings)
+
+
+def _copy_disk(src: str, dst: str) -> None:
+    """``dst`` = a new copy of ``src`` (written to ``.part``, renamed), with a domain disk's mode."""
+    tmp = dst + files_mod.PART
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, DISK_MODE)
+        owner = qemu_owner()
+        if owner is not None:
+            os.chown(tmp, *owner)
+        os.rename(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+__all__ = ["RESTORE_READY_SECONDS", "BootSnapshot"]

@@ -1,0 +1,218 @@
+"""The files of a boot snapshot, their names, and the manifest of what they were made from.
+
+A boot snapshot of one (computer, image revision) is three files in the computer's vmpath, named
+after VCL's domain file base name ``<short>_<imageid>-v<rev>`` (libvirt.pm's
+get_domain_file_base_name), so they sort next to the overlay and the reaper can read the computer
+and revision from the name:
+
+* ``<base>.bootsnap.mem``: the domain's memory state, written by libvirt's ``virDomainSave``;
+* ``<base>.bootsnap.<imagetype>``: the overlay exactly as it was when that state was saved;
+* ``<base>.bootsnap.json``: the manifest, written last. Without it the other two are never used.
+
+The manifest records what the pair was made from (the master's identity, the domain definition, the
+libvirt/QEMU versions); a pair whose record differs from the current load's is stale. Nothing here
+talks to libvirt except reading its versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from worker.hypervisors import naming
+from worker.hypervisors.domain_xml import DomainSpec
+from worker.hypervisors.host import LibvirtHost
+from worker.hypervisors.layout import Layout
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".bootsnap"
+MANIFEST_VERSION = 1
+PART = ".part"
+# Spec fields that do not change what the guest sees (metadata, the VNC console): a restore gives
+# the domain the current values through the updated XML instead of invalidating the snapshot.
+_NOT_ABI = ("description", "vnc_listen", "vnc_password")
+
+
+@dataclass(frozen=True)
+class SnapshotFiles:
+    memory: str
+    disk: str
+    manifest: str
+
+    @property
+    def finals(self) -> tuple[str, str, str]:
+        # The manifest first: once it is gone the pair is never used, whatever else remains.
+        return self.manifest, self.memory, self.disk
+
+    def part(self, path: str) -> str:
+        return path + PART
+
+    def complete(self) -> bool:
+        return all(os.path.isfile(p) for p in self.finals)
+
+    def remove(self) -> list[str]:
+        """Remove the set and any partial files of an interrupted save; the paths removed."""
+        removed = []
+        for path in (*self.finals, *(self.part(p) for p in self.finals)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+        return removed
+
+
+def snapshot_files(layout: Layout) -> SnapshotFiles:
+    r = layout.reservation
+    base = naming.domain_file_base_name(r.computer_short_name, r.image_id, r.imagerevision_revision)
+    stem = os.path.join(layout.vm_path, base + SUFFIX)
+    return SnapshotFiles(f"{stem}.mem", f"{stem}.{layout.datastore_imagetype}", f"{stem}.json")
+
+
+def file_re(imagetype: str) -> re.Pattern[str]:
+    """Names of boot snapshot files (and their partial files) in a vmpath, for the reaper."""
+    return re.compile(
+        r"^(?P<short>[^_/]+)_(?P<imageid>\d+)-v(?P<rev>\d+)"
+        + re.escape(SUFFIX)
+        + r"\.(?:mem|json|"
+        + re.escape(imagetype)
+        + r")(?:"
+        + re.escape(PART)
+        + r")?$"
+    )
+
+
+def _normalised(value: Any) -> Any:
+    # Tuples become lists, as they come back from JSON: a record compares equal to its own reading.
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def made_from(host: LibvirtHost, layout: Layout, spec: DomainSpec) -> dict[str, Any] | None:
+    """What a snapshot of this load depends on; None when the master is not there (yet)."""
+    try:
+        st = os.stat(layout.master_path())
+    except OSError:
+        return None
+    definition = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _NOT_ABI}
+    r = layout.reservation
+    libvirt_version, hypervisor_version = host.call(
+        "getVersion", lambda c: (int(c.getLibVersion()), int(c.getVersion()))
+    )
+    record: dict[str, Any] = _normalised(
+        {
+            "computer_id": r.computer_id,
+            "imagerevision_id": r.imagerevision_id,
+            "image_name": layout.image_name,
+            "master": {
+                "path": os.path.realpath(layout.master_path()),
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "inode": st.st_ino,
+                "device": st.st_dev,
+            },
+            "definition": definition,
+            # A save image is QEMU's migration stream: another QEMU may not read it.
+            "libvirt_version": libvirt_version,
+            "hypervisor_version": hypervisor_version,
+        }
+    )
+    return record
+
+
+def read_manifest(files: SnapshotFiles) -> dict[str, Any] | None:
+    try:
+        with open(files.manifest) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def stale_reason(files: SnapshotFiles, current: dict[str, Any] | None) -> str | None:
+    """None when the pair may be restored for ``current``; else why not (for the log)."""
+    if current is None:
+        return "the master is missing"
+    if not files.complete():
+        return "no complete snapshot"
+    manifest = read_manifest(files)
+    if manifest is None or manifest.get("version") != MANIFEST_VERSION:
+        return "unreadable manifest"
+    recorded = manifest.get("made_from", {})
+    if recorded != current:
+        changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+        return f"made from another {', '.join(changed)}"
+    sizes = manifest.get("bytes", {})
+    for key, path in (("memory", files.memory), ("disk", files.disk)):
+        if os.path.getsize(path) != sizes.get(key):
+            return f"the {key} file changed size since the save"
+    return None
+
+
+def write_manifest(files: SnapshotFiles, record: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Write the manifest atomically (``.part``, fsync, rename): its presence means the pair is whole."""
+    body = {
+        "version": MANIFEST_VERSION,
+        "made_from": record,
+        "bytes": {"memory": os.path.getsize(files.memory), "disk": os.path.getsize(files.disk)},
+        **extra,
+    }
+    tmp = files.part(files.manifest)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(body, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.rename(tmp, files.manifest)
+    _fsync_dir(os.path.dirname(files.manifest))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def disk_cost(vm_path: str, imagetype: str = "qcow2") -> dict[str, int]:
+    """Bytes allocated by boot snapshots in ``vm_path``: memory states, disks, and their count."""
+    pattern = file_re(imagetype)
+    out = {"memory_bytes": 0, "disk_bytes": 0, "snapshots": 0}
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(vm_path):
+            if not pattern.match(entry.name) or entry.name.endswith(PART):
+                continue
+            used = entry.stat().st_blocks * 512
+            if entry.name.endswith(".mem"):
+                out["memory_bytes"] += used
+            elif entry.name.endswith(".json"):
+                out["snapshots"] += 1
+            else:
+                out["disk_bytes"] += used
+    return out
+
+
+__all__ = [
+    "SnapshotFiles",
+    "disk_cost",
+    "file_re",
+    "fsync_file",
+    "made_from",
+    "read_manifest",
+    "snapshot_files",
+    "stale_reason",
+    "write_manifest",
+]
