@@ -63,6 +63,11 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_prefetch_multiplier=1,
         # A task whose child was killed is redelivered (tasks opt in with reject_on_worker_lost).
         task_reject_on_worker_lost=False,
+        # Kept on after review: when the broker connection drops, kombu closes the channel and puts
+        # every delivered-but-unacked message back on its queue (QoS.restore_unacked_once); a task
+        # left running would then run twice under one task id, and the per-computer lock lets a
+        # redelivery of the same id take its lock over. Cancelling makes the blip a plain
+        # redelivery: the flows resume idempotently, and VCL_MAX_DELIVERIES bounds how often.
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_transport_options=transport,
         result_backend_transport_options=transport,

@@ -82,13 +82,30 @@ class Settings:
     qemu_img_info_timeout: int = 60
     # Management node this dispatcher serves (managementnode.id).
     management_node_id: int = 1
-    # Celery task time limits in seconds (soft, hard).
-    load_soft_time_limit: int = 1800
-    load_time_limit: int = 2100
-    capture_soft_time_limit: int = 7200
-    capture_time_limit: int = 7800
+    # Celery task time limits in seconds (soft, hard). A load may wait for another load's master
+    # copy (per-image lock, up to qemu_img_convert_timeout) before it starts its own work, so its
+    # soft limit lies above the copy timeout; a capture makes two copies (master, repository).
+    load_soft_time_limit: int = 7800
+    load_time_limit: int = 8100
+    capture_soft_time_limit: int = 15000
+    capture_time_limit: int = 15600
     # Seconds a task waits for another task's per-computer lock before it is retried.
     lock_wait: int = 300
+    # Seconds the per-computer lock lives unless its holder renews it (a heartbeat renews it every
+    # third of this): a child killed by a hard time limit, or a release lost to a Redis error, leaves
+    # the computer locked for at most this long instead of the longest time limit.
+    lock_lease: int = 120
+    # Celery retries of a transient error (database, Redis, libvirt connection, busy computer):
+    # exponential backoff 2, 4, 8 ... s with full jitter, capped at retry_backoff_max; 10 retries
+    # reach the cap and ride out a database outage of ~20 minutes.
+    task_max_retries: int = 10
+    retry_backoff_max: int = 300
+    # Deliveries of one task attempt (same task id and retry number) before it is failed instead of
+    # run: a reservation that kills its worker child (late ack + requeue) is not redelivered forever.
+    max_deliveries: int = 5
+    # Seconds a claimed (pending) request may wait for its task to be sent and known to Celery
+    # before the dispatcher's sweep re-enqueues it once (then fails it).
+    sweep_grace: int = 120
     # Domain type: "" picks kvm only where hardware virtualization runs unmodified guests, else qemu (TCG).
     domain_type: str = ""
     # Seconds a loaded guest gets to answer on its connect port; 0 = the image's reloadtime (minutes).
@@ -102,6 +119,10 @@ class Settings:
     # Worker concurrency (prefork children). A load mostly waits on libvirt/QEMU start-up, so more
     # children than cores pays off; README "Benchmarks" (B2) has the sweep behind 8.
     worker_concurrency: int = 8
+    # Boot snapshots (README "Boot snapshots"): a reload of the revision a computer last booted
+    # restores its saved post-boot memory state onto a fresh copy of the saved overlay instead of
+    # booting. Off: every load boots cold and no snapshot is saved.
+    boot_snapshots: bool = True
     log_level: str = "INFO"
 
     @property
@@ -153,8 +174,43 @@ class Settings:
             )
         if self.ready_timeout < 0:
             raise ValueError(f"setting VCL_READY_TIMEOUT must be >= 0, got {self.ready_timeout}")
+        self._validate_limits()
         self._validate_paths()
         self._validate_vnc()
+
+    def _validate_limits(self) -> None:
+        """Time limits, retries and leases must agree with each other (issue: a load's soft limit
+        below the master copy it may wait for; a backoff cap never reached)."""
+        for kind in ("load", "capture"):
+            soft = getattr(self, f"{kind}_soft_time_limit")
+            hard = getattr(self, f"{kind}_time_limit")
+            name = f"VCL_{kind.upper()}"
+            if not 0 < soft < hard:
+                raise ValueError(
+                    f"settings {name}_SOFT_TIME_LIMIT={soft} must be > 0 and < {name}_TIME_LIMIT={hard}"
+                )
+            if soft <= self.qemu_img_convert_timeout:
+                raise ValueError(
+                    f"setting {name}_SOFT_TIME_LIMIT={soft} must exceed VCL_QEMU_IMG_CONVERT_TIMEOUT="
+                    f"{self.qemu_img_convert_timeout}: the task may wait for (or make) a full copy"
+                )
+        if (
+            self.task_max_retries < 0
+            or self.max_deliveries < 1
+            or self.sweep_grace < 1
+            or self.lock_lease < 3
+        ):
+            raise ValueError(
+                "settings VCL_TASK_MAX_RETRIES >= 0, VCL_MAX_DELIVERIES >= 1, VCL_SWEEP_GRACE >= 1 and "
+                "VCL_LOCK_LEASE >= 3 are required"
+            )
+        if not 0 < self.retry_backoff_max < self.visibility_timeout:
+            # A countdown beyond the visibility timeout makes Redis hand the waiting retry to a
+            # second worker.
+            raise ValueError(
+                f"setting VCL_RETRY_BACKOFF_MAX={self.retry_backoff_max} must be > 0 and below the "
+                f"Redis visibility timeout ({self.visibility_timeout} s)"
+            )
 
     def _validate_paths(self) -> None:
         from worker.hypervisors.roots import check_root, parse_roots
@@ -211,11 +267,17 @@ _ENV_NAMES: dict[str, str] = {
     "VCL_CAPTURE_SOFT_TIME_LIMIT": "capture_soft_time_limit",
     "VCL_CAPTURE_TIME_LIMIT": "capture_time_limit",
     "VCL_LOCK_WAIT": "lock_wait",
+    "VCL_LOCK_LEASE": "lock_lease",
+    "VCL_TASK_MAX_RETRIES": "task_max_retries",
+    "VCL_RETRY_BACKOFF_MAX": "retry_backoff_max",
+    "VCL_MAX_DELIVERIES": "max_deliveries",
+    "VCL_SWEEP_GRACE": "sweep_grace",
     "VCL_WORKER_CONCURRENCY": "worker_concurrency",
     "VCL_DOMAIN_TYPE": "domain_type",
     "VCL_READY_TIMEOUT": "ready_timeout",
     "VCL_POST_LOAD": "post_load",
     "VCL_WAIT_FOR_GUEST": "wait_for_guest",
+    "VCL_BOOT_SNAPSHOTS": "boot_snapshots",
     "VCL_LOG_LEVEL": "log_level",
 }
 

@@ -2,27 +2,41 @@
 
 Every ``managementnode.checkininterval`` seconds it checks in, asks the DB layer for the requests
 due on this management node (vcld's ``get_management_node_requests`` + ``check_time``), claims each
-one atomically (``UPDATE … WHERE stateid = :expected``) and enqueues the matching task on the
-queue of the reservation's VM host. A request that another dispatcher claimed first is skipped.
+one atomically (``UPDATE … WHERE stateid = :expected``) for a Celery task id chosen first, enqueues
+that task on the queue of the reservation's VM host and marks the claim sent. A request that another
+dispatcher claimed first is skipped. Only computers whose provisioning module is libvirt are claimed
+(a mixed site's VMware or OpenStack computers, and the vcld bridge's, are someone else's).
+
+``deleted``/``timeout`` requests are reclaimed as vcld's ``reclaim.pm`` does (a reload request), and
+:func:`sweep` makes sure no claim stays ``pending`` for good.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from celery import Celery
 
 from worker.actions import BY_STATE
 from worker.app import vmhost_queue
 from worker.db.requests import ClaimOutcome
+from worker.db.reservation_row import LIBVIRT_PERL_PACKAGE
 from worker.db.schedule import DueRequest
 from worker.db.store import VclStore
+from worker.db.sweep import PendingClaim
 from worker.delegated.guard import refuse_if_vcld_serves
+from worker.failpoints import failpoint
 
 log = logging.getLogger(__name__)
+
+#: vcld's default check-in interval, used while the database cannot tell the node's own.
+DEFAULT_INTERVAL = 12
+#: Celery states of a task that is over: a claim still pending behind it was never recorded.
+_FINISHED = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 
 @dataclass(frozen=True)
@@ -30,14 +44,23 @@ class Dispatched:
     request_id: int
     reservation_id: int
     state: str
-    action: str  # "enqueued", "removed", "skipped"
+    action: str  # "enqueued", "removed", "skipped", "reclaimed", "requeued", "failed"
     task_name: str | None = None
     task_id: str | None = None
     queue: str | None = None
     reason: str = ""
 
 
-def dispatch_once(store: VclStore, celery_app: Celery, management_node_id: int) -> list[Dispatched]:
+def not_ours(perlpackage: str | None) -> str:
+    """Why the dispatcher must leave a computer alone, or "" when its module is libvirt."""
+    if perlpackage == LIBVIRT_PERL_PACKAGE:
+        return ""
+    return f"provisioning module {perlpackage or 'unknown'} is not {LIBVIRT_PERL_PACKAGE}"
+
+
+def dispatch_once(
+    store: VclStore, celery_app: Celery, management_node_id: int, *, sweep_grace: float | None = None
+) -> list[Dispatched]:
     """One pass of vcld's loop for ``management_node_id``; returns what was done with each request."""
     from worker import wiring as runtime
 
@@ -55,6 +78,21 @@ def dispatch_once(store: VclStore, celery_app: Celery, management_node_id: int) 
         if due.action != "start":
             done.append(_skip(due, f"check_time={due.action}: preloading is not implemented"))
             continue
+        if due.request_id in seen_requests:
+            continue  # one task per request (cluster requests are not supported)
+        if due.state in ("deleted", "timeout") or BY_STATE.get(due.state) is not None:
+            reason = not_ours(due.perlpackage)
+            if reason:
+                done.append(_skip(due, f"computer {due.computer_id}: {reason}"))
+                continue
+        if due.state in ("deleted", "timeout"):
+            seen_requests.add(due.request_id)
+            got = store.reclaim(due.request_id, due.reservation_id, due.state)
+            log.info("request %s (%s) reclaimed: %s %s", due.request_id, due.state, got.outcome, got)
+            done.append(
+                Dispatched(due.request_id, due.reservation_id, due.state, "reclaimed", reason=got.outcome)
+            )
+            continue
         action = BY_STATE.get(due.state)
         if action is None:
             done.append(_skip(due, f"state {due.state} needs no provisioning"))
@@ -62,30 +100,91 @@ def dispatch_once(store: VclStore, celery_app: Celery, management_node_id: int) 
         if due.vmhost_short_name is None:
             done.append(_skip(due, f"computer {due.computer_id} has no VM host"))
             continue
-        if due.request_id in seen_requests:
-            continue  # one task per request (cluster requests are not supported)
         seen_requests.add(due.request_id)
-        if store.claim_request(due.request_id, due.state) is not ClaimOutcome.CLAIMED:
+        task_id = str(uuid.uuid4())
+        outcome = store.claim_for_task(due.request_id, due.reservation_id, due.state, task_id, sent=False)
+        if outcome is not ClaimOutcome.CLAIMED:
             done.append(_skip(due, "claimed by another dispatcher"))
             continue
-        task_name = action.task_name
+        failpoint("dispatch.claimed")
         queue = vmhost_queue(due.vmhost_short_name)
         try:
-            result = celery_app.send_task(task_name, args=[due.reservation_id], queue=queue)
+            celery_app.send_task(action.task_name, args=[due.reservation_id], queue=queue, task_id=task_id)
         except Exception:
             # Give the request back so the next pass (or another dispatcher) can take it.
-            store.unclaim_request(due.request_id, due.state)
+            store.drop_claim(due.request_id, due.reservation_id, due.state)
             raise
-        runtime.remember_task(due.reservation_id, result.id)
-        log.info("request %s (%s) → %s on %s [%s]", due.request_id, due.state, task_name, queue, result.id)
-        done.append(
-            Dispatched(due.request_id, due.reservation_id, due.state, "enqueued", task_name, result.id, queue)
+        store.mark_claim_sent(due.reservation_id, task_id)
+        runtime.remember_task(due.reservation_id, task_id)
+        log.info(
+            "request %s (%s) → %s on %s [%s]", due.request_id, due.state, action.task_name, queue, task_id
         )
+        done.append(
+            Dispatched(
+                due.request_id, due.reservation_id, due.state, "enqueued", action.task_name, task_id, queue
+            )
+        )
+    grace = runtime.settings().sweep_grace if sweep_grace is None else sweep_grace
+    done.extend(sweep(store, celery_app, management_node_id, grace))
     return done
 
 
 def _skip(due: DueRequest, reason: str) -> Dispatched:
+    log.info("request %s (%s) skipped: %s", due.request_id, due.state, reason)
     return Dispatched(due.request_id, due.reservation_id, due.state, "skipped", reason=reason)
+
+
+def sweep_verdict(claim: PendingClaim, task_state: str, grace: float, queued_grace: float) -> str:
+    """``wait``, ``requeue`` or ``fail`` for a pending claim whose task is in ``task_state``.
+
+    A task that is over (SUCCESS/FAILURE/REVOKED: e.g. killed by its hard time limit while the
+    database was down) left the claim behind: fail it. A task Celery does not know (PENDING) was
+    never sent (dispatcher killed between claim and ``send_task``) or its message is gone: once the
+    grace period (for a sent task: the broker's visibility timeout) has passed, re-enqueue it once,
+    then fail it. A running or retrying task is left alone."""
+    if task_state in _FINISHED:
+        return "fail"
+    if task_state != "PENDING":
+        return "wait"
+    limit = queued_grace if claim.record.sent else grace
+    if claim.age < limit:
+        return "wait"
+    return "requeue" if claim.record.requeued == 0 else "fail"
+
+
+def sweep(store: VclStore, celery_app: Celery, management_node_id: int, grace: float) -> list[Dispatched]:
+    """Re-enqueue (exactly once) or fail every ``pending`` claim of this node whose task is lost."""
+    from worker import wiring as runtime
+
+    queued_grace = float(runtime.settings().visibility_timeout)
+    done: list[Dispatched] = []
+    for claim in store.pending_claims(management_node_id):
+        action = BY_STATE.get(claim.claimed_from)
+        if action is None or not_ours(claim.perlpackage) or claim.vmhost_short_name is None:
+            continue  # not a claim of this dispatcher's kind (e.g. an image request of vcld's)
+        rec = claim.record
+        task_state = str(celery_app.AsyncResult(rec.task_id).state) if rec.task_id else "PENDING"
+        verdict = sweep_verdict(claim, task_state, grace, queued_grace)
+        if verdict == "wait":
+            continue
+        base = Dispatched(claim.request_id, claim.reservation_id, "pending", verdict, task_id=rec.task_id)
+        why = f"task {rec.task_id or '(none)'} is {task_state} after {claim.age:.0f} s"
+        if verdict == "fail":
+            message = f"{action.task_name}: {why}; the request was never finished"
+            if store.fail_stranded(claim.reservation_id, rec.task_id or None, message):
+                log.error("request %s failed by the sweep: %s", claim.request_id, why)
+                done.append(replace(base, reason=why))
+            continue
+        new_id = str(uuid.uuid4())
+        if not store.retarget_claim(claim.reservation_id, rec, new_id):
+            continue  # another dispatcher's sweep took it
+        queue = vmhost_queue(claim.vmhost_short_name)
+        celery_app.send_task(action.task_name, args=[claim.reservation_id], queue=queue, task_id=new_id)
+        store.mark_claim_sent(claim.reservation_id, new_id)
+        runtime.remember_task(claim.reservation_id, new_id)
+        log.warning("request %s re-enqueued as %s on %s: %s", claim.request_id, new_id, queue, why)
+        done.append(replace(base, task_name=action.task_name, task_id=new_id, queue=queue, reason=why))
+    return done
 
 
 def run_forever(
@@ -95,11 +194,14 @@ def run_forever(
     on_pass: Callable[[list[Dispatched]], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Loop like vcld: pass, then sleep the node's ``checkininterval``."""
+    """Loop like vcld: pass, then sleep the node's ``checkininterval``. A database (or broker) outage
+    fails a pass, never the loop: the interval read is inside the same guard, with vcld's default
+    (or the last interval read) while the database does not answer."""
+    interval = DEFAULT_INTERVAL
     while not should_stop():
         started = time.monotonic()
-        interval = store.checkin_interval(management_node_id)
         try:
+            interval = store.checkin_interval(management_node_id)
             done = dispatch_once(store, celery_app, management_node_id)
         except Exception:
             log.exception("dispatch pass failed; retrying after %s s", interval)

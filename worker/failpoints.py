@@ -2,6 +2,8 @@
 
 ``VCL_FAILPOINT=<name>`` makes the process that reaches ``failpoint("<name>")`` kill itself with
 SIGKILL, exactly once per ``VCL_FAILPOINT_MARKER`` file (so the redelivered task runs through).
+With ``VCL_FAILPOINT_ACTION=hang`` the process instead blocks Celery's soft-time-limit signal
+(SIGUSR1) and sleeps, so only the hard time limit can end it (the fault suite's hard-limit test).
 This is how the fault suite proves that a worker child dying at any step of a load leaves nothing
 lost or duplicated. With the variable unset (production), a failpoint is one dict lookup.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 
 def failpoint(name: str) -> None:
@@ -22,4 +25,8 @@ def failpoint(name: str) -> None:
         except FileExistsError:
             return  # already fired once: let the redelivered task run through
         os.close(fd)
+    if os.environ.get("VCL_FAILPOINT_ACTION") == "hang":
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        while True:
+            time.sleep(3600)
     os.kill(os.getpid(), signal.SIGKILL)

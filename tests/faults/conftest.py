@@ -26,7 +26,7 @@ from worker.devkit.stack import Stack, StackConfig, open_stack
 from worker.hypervisors.host import LibvirtHost
 from worker.reaper import plan_reap
 
-N_VMS = 14
+N_VMS = 30
 # The fault suite's masters: 64 MiB, the first 2 MiB of data, read-only (as the stack's own).
 make_fault_master = partial(make_master, pattern=0x5A, data_mb=2, mode=0o444)
 
@@ -38,6 +38,7 @@ COUNTERS: dict[str, int] = {
     "duplicate domains": 0,
     "orphan overlays": 0,
     "masters changed": 0,
+    "stuck pending": 0,
     "bad inputs tried": 0,
     "bad inputs rejected": 0,
 }
@@ -79,6 +80,8 @@ def fstack() -> Iterator[FaultStack]:
         with open_stack(config, FaultStack, redis=rds, mariadb=mdb, tmp=tmp) as fs:
             fs.master_sums[str(fs.master)] = sha256(fs.master)
             yield fs
+            # No request may stay pending once the suite is done with it.
+            COUNTERS["stuck pending"] += stuck_pending(fs)
             # Masters never change, whatever the suite did.
             for path, digest in fs.master_sums.items():
                 if Path(path).exists() and sha256(path) != digest:
@@ -111,6 +114,25 @@ def send(fs: FaultStack, task: str, reservation_id: int, queue: str | None = Non
 
 
 # ---------------------------------------------------------------------- checks
+
+
+def stuck_pending(fs: Stack) -> int:
+    """Requests the worker claimed (a ``begin`` row naming a Celery task) and left ``pending``. A
+    request a test wrote as pending itself (a bad-input skip case) was never claimed: not counted."""
+    row = fs.one(
+        "SELECT COUNT(DISTINCT rq.id) FROM request rq JOIN reservation rs ON rs.requestid = rq.id"
+        " JOIN computerloadlog l ON l.reservationid = rs.id"
+        " WHERE rq.stateid = (SELECT id FROM state WHERE name = 'pending')"
+        " AND l.loadstateid = (SELECT id FROM computerloadstate WHERE loadstatename = 'begin')"
+        " AND l.additionalinfo LIKE 'celery task %'"
+    )
+    return int(row[0])
+
+
+def request_states(fs: Stack, reservation_id: int) -> tuple[str, str]:
+    found = fs.store.reservation_request(reservation_id)
+    assert found is not None
+    return found[1], found[2]
 
 
 def loadlog(fs: FaultStack, reservation_id: int) -> list[str]:
@@ -158,3 +180,23 @@ def check_loaded(
     assert info["full-backing-filename"] == str(master or fs.master), info
     for path, digest in fs.master_sums.items():
         assert sha256(path) == digest, f"master {path} changed"
+
+
+@pytest.fixture(scope="session")
+def own_node(fstack: FaultStack) -> int:
+    """A management node of its own for the dispatcher tests: a dispatcher pass there sees only the
+    reservations a test moved to it, never another test's requests on the seeded node."""
+    from worker.devkit.site import add_management_node
+
+    mn = add_management_node(fstack.sf, fstack.site, f"mn2-{fstack.run_id}.example.org")
+    fstack.execute("UPDATE managementnode SET checkininterval = 1 WHERE id = :mn", mn=mn)
+    return mn
+
+
+def own_reservation(fs: FaultStack, node: int, index: int, **kw: Any) -> tuple[int, int]:
+    """A ``new`` request on computer ``index`` served by management node ``node``."""
+    from worker.devkit.site import move_reservation
+
+    request_id, reservation_id = fs.new_request(index, **kw)
+    move_reservation(fs.sf, reservation_id, node)
+    return request_id, reservation_id

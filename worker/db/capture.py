@@ -3,9 +3,7 @@ reload request a capture inserts. Functions take an open session; :class:`VclSto
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -14,7 +12,8 @@ from worker.db.engine import db_now
 from worker.db.errors import VclDataError
 from worker.db.load import set_computer_state
 from worker.db.loadlog import insert_loadlog, state_exit_loadlog, update_log_ending
-from worker.db.requests import VclIds, dml, transition
+from worker.db.reload_request import ReloadTarget, insert_reload_request, vclreload_user
+from worker.db.requests import VclIds, transition
 from worker.reservation import Reservation
 
 #: ``image.name`` / ``imagerevision.imagename`` hold at most 70 characters in vcl.sql.
@@ -26,6 +25,36 @@ def _require_image_state(r: Reservation, what: str) -> None:
         raise VclDataError(
             f"{what}: request {r.request_id} was claimed from {r.request_state!r}, not 'image'"
         )
+
+
+def _reload_target(r: Reservation) -> ReloadTarget:
+    return ReloadTarget(
+        r.reservation_id, r.computer_id, r.image_id, r.imagerevision_id, r.imagerevision_imagename,
+        r.management_node_id, r.request_laststate,
+    )  # fmt: skip
+
+
+def check_capture(s: Session, r: Reservation, new_image_name: str) -> None:
+    """What :func:`finish_capture` would refuse, checked before the guest is shut down (so a refusal
+    never costs the user's VM): the claim, the new name (length, no other image or revision holds
+    it) and the ``vclreload`` user the reload request needs. Raises VclDataError."""
+    _require_image_state(r, "capture")
+    if not new_image_name or len(new_image_name) > MAX_IMAGE_NAME:
+        raise VclDataError(f"capture: invalid new image name {new_image_name!r} (1-70 chars)")
+    other_image = s.execute(
+        select(m.Image.id).where(m.Image.name == new_image_name, m.Image.id != r.image_id).limit(1)
+    ).scalar_one_or_none()
+    other_rev = s.execute(
+        select(m.ImageRevision.id)
+        .where(m.ImageRevision.imagename == new_image_name, m.ImageRevision.imageid != r.image_id)
+        .limit(1)
+    ).scalar_one_or_none()
+    if other_image is not None or other_rev is not None:
+        raise VclDataError(
+            f"capture: new image name {new_image_name!r} is already used by image "
+            f"{other_image if other_image is not None else 'revision ' + str(other_rev)}"
+        )
+    vclreload_user(s)
 
 
 def finish_capture(s: Session, ids: VclIds, r: Reservation, new_image_name: str, size_mb: int) -> int:
@@ -53,7 +82,7 @@ def finish_capture(s: Session, ids: VclIds, r: Reservation, new_image_name: str,
         raise VclDataError(
             f"finish_capture: image {r.image_id} cannot be renamed to {new_image_name!r}: {exc.orig}"
         ) from exc
-    new_request_id = _insert_reload_request(s, ids, r, now)
+    new_request_id = insert_reload_request(s, ids, _reload_target(r), now)
     update_log_ending(s, r.request_id, "EOR", now)
     state_exit_loadlog(s, ids, r, "image", now)
     return new_request_id
@@ -76,61 +105,6 @@ def _existing_reload_request(s: Session, ids: VclIds, r: Reservation) -> int:
     return int(found) if found is not None else 0
 
 
-def _insert_reload_request(s: Session, ids: VclIds, r: Reservation, now: datetime) -> int:
-    """``utils.pm:insert_reload_request``: computer -> reload, a reload request for the
-    reservation's (new) revision on the same computer, owned by ``vclreload``."""
-    comp = s.execute(
-        select(m.State.name, m.Computer.type)
-        .join(m.State, m.State.id == m.Computer.stateid)
-        .where(m.Computer.id == r.computer_id)
-    ).one_or_none()
-    if comp is None:
-        raise VclDataError(f"computer {r.computer_id} not found")
-    if "reload" in comp[0]:
-        return 0
-    set_computer_state(s, ids, r.computer_id, "reload")
-    insert_loadlog(
-        s,
-        ids,
-        r.reservation_id,
-        r.computer_id,
-        "loadimagevmware" if comp[1] == "virtualmachine" else "info",
-        f"inserted reload request for {r.imagerevision_imagename}",
-        now,
-    )
-    user_id = s.execute(
-        select(m.User.id).where(m.User.unityid == "vclreload").order_by(m.User.id).limit(1)
-    ).scalar_one_or_none()
-    if user_id is None:
-        raise VclDataError("user 'vclreload' does not exist")
-    new_req = dml(
-        s,
-        insert(m.Request).values(
-            stateid=ids.state(s, "reload"),
-            laststateid=ids.state(s, r.request_laststate),
-            userid=user_id,
-            forimaging=0,
-            test=0,
-            preload=0,
-            start=now,
-            end=now + timedelta(minutes=30),
-            daterequested=now,
-        ),
-    ).inserted_primary_key
-    assert new_req is not None
-    request_id = int(new_req[0])
-    s.execute(
-        insert(m.Reservation).values(
-            requestid=request_id,
-            computerid=r.computer_id,
-            imageid=r.image_id,
-            imagerevisionid=r.imagerevision_id,
-            managementnodeid=r.management_node_id,
-        )
-    )
-    return request_id
-
-
 def fail_capture(s: Session, ids: VclIds, r: Reservation, message: str) -> None:
     """``image.pm:reservation_failed``: see :meth:`VclStore.fail_capture`."""
     _require_image_state(r, "fail_capture")
@@ -142,4 +116,4 @@ def fail_capture(s: Session, ids: VclIds, r: Reservation, message: str) -> None:
     state_exit_loadlog(s, ids, r, "image", now)
 
 
-__all__ = ["fail_capture", "finish_capture"]
+__all__ = ["check_capture", "fail_capture", "finish_capture"]

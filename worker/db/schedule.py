@@ -56,6 +56,9 @@ class DueRequest:
     vmhost_short_name: str | None
     start: datetime | None
     end: datetime | None
+    # ``module.perlpackage`` of the computer's provisioning (None when the chain is broken): the
+    # dispatcher claims only what its libvirt provisioning runs.
+    perlpackage: str | None = None
 
 
 def _round_minutes(delta: timedelta) -> int:
@@ -146,6 +149,7 @@ def find_due_requests(s: Session, management_node_id: int, now: datetime | None)
                 vmhost_short_name=short_name(host) if host else None,
                 start=mp["start"],
                 end=mp["end"],
+                perlpackage=mp["perlpackage"],
             )
         )
     return out
@@ -213,6 +217,7 @@ def _due_query(s: Session, management_node_id: int, now: datetime | None) -> Any
             rs.lastcheck.label("lastcheck"),
             rs.computerid.label("computer_id"),
             hc.hostname.label("vmhost_hostname"),
+            m.Module.perlpackage.label("perlpackage"),
             m.ServerRequest.id.label("serverrequest_id"),
             # The changelog poll only matters for inuse; skip the subquery for other states.
             _inuse_only(st.name, changelog_ts).label("changelog_ts"),
@@ -225,6 +230,8 @@ def _due_query(s: Session, management_node_id: int, now: datetime | None) -> Any
         .outerjoin(c, c.id == rs.computerid)
         .outerjoin(m.VMHost, m.VMHost.id == c.vmhostid)
         .outerjoin(hc, hc.id == m.VMHost.computerid)
+        .outerjoin(m.Provisioning, m.Provisioning.id == c.provisioningid)
+        .outerjoin(m.Module, m.Module.id == m.Provisioning.moduleid)
         .outerjoin(m.ServerRequest, m.ServerRequest.requestid == rq.id)
         .where(rs.managementnodeid == management_node_id, st.name.in_(wanted), time_filter)
         .order_by(rs.id)

@@ -20,14 +20,16 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.db import capture, delegated, load, reads, requests, schedule
+from worker.db import capture, claims, delegated, load, reads, reclaim, requests, schedule, sweep
 from worker.db.engine import db_now
 from worker.db.errors import ReservationNotFoundError
 from worker.db.inventory import HostInventory, host_inventory
 from worker.db.loadlog import LoadLogEntry, insert_loadlog, loadlog_entries
+from worker.db.reclaim import Reclaimed
 from worker.db.requests import ClaimOutcome, VclIds
 from worker.db.reservation_row import reservation_from_row, reservation_query
 from worker.db.schedule import DueRequest
+from worker.db.sweep import PendingClaim
 from worker.reservation import Reservation
 
 
@@ -95,6 +97,51 @@ class VclStore:
         with self._sf.begin() as s:
             return requests.unclaim(s, self._ids, request_id, from_state)
 
+    def claim_for_task(
+        self, request_id: int, reservation_id: int, from_state: str, task_id: str, *, sent: bool = True
+    ) -> ClaimOutcome:
+        """:meth:`claim_request` tied to Celery task ``task_id`` (the ``begin`` row, see
+        :mod:`worker.db.claims`); another task's claim is LOST. ``sent``: the task already runs."""
+        with self._sf.begin() as s:
+            return claims.claim_for_task(
+                s, self._ids, request_id, reservation_id, from_state, task_id, sent=sent
+            )
+
+    def owns_claim(self, reservation_id: int, task_id: str) -> bool:
+        """False when the sweep handed the reservation's claim to another task."""
+        with self._sf.begin() as s:
+            return claims.owns_claim(s, self._ids, reservation_id, task_id)
+
+    def mark_claim_sent(self, reservation_id: int, task_id: str) -> bool:
+        with self._sf.begin() as s:
+            return claims.mark_sent(s, self._ids, reservation_id, task_id)
+
+    def drop_claim(self, request_id: int, reservation_id: int, from_state: str) -> bool:
+        """Undo :meth:`claim_for_task` (``send_task`` failed)."""
+        with self._sf.begin() as s:
+            return claims.drop_claim(s, self._ids, request_id, reservation_id, from_state)
+
+    def retarget_claim(self, reservation_id: int, old: claims.ClaimRecord, new_task_id: str) -> bool:
+        """Hand a lost claim to ``new_task_id``; True for exactly one caller per ``old`` row."""
+        with self._sf.begin() as s:
+            return claims.retarget(s, self._ids, reservation_id, old, new_task_id)
+
+    def fail_stranded(self, reservation_id: int, task_id: str | None, message: str) -> bool:
+        """vcld's ``reservation_failed`` for a claim whose task cannot record it (hard time limit,
+        retries or redeliveries exhausted, lost task); see :func:`worker.db.claims.fail_stranded`."""
+        with self._sf.begin() as s:
+            return claims.fail_stranded(s, self._ids, reservation_id, task_id, message)
+
+    def pending_claims(self, management_node_id: int) -> list[PendingClaim]:
+        """The management node's ``pending`` requests with their claim rows (the sweep's input)."""
+        with self._sf.begin() as s:
+            return sweep.pending_claims(s, self._ids, management_node_id)
+
+    def reclaim(self, request_id: int, reservation_id: int, state: str) -> Reclaimed:
+        """``reclaim.pm`` for a ``deleted``/``timeout`` request; see :mod:`worker.db.reclaim`."""
+        with self._sf.begin() as s:
+            return reclaim.reclaim(s, self._ids, request_id, reservation_id, state)
+
     def insert_loadlog(
         self, reservation_id: int, computer_id: int, loadstatename: str, info: str = ""
     ) -> None:
@@ -151,6 +198,11 @@ class VclStore:
             load.fail_request(s, self._ids, request_id, reservation_id, message)
 
     # ------------------------------------------------------------------ capture (image.pm)
+
+    def check_capture(self, r: Reservation, new_image_name: str) -> None:
+        """Everything :meth:`finish_capture` would refuse, before the guest is shut down; VclDataError."""
+        with self._sf.begin() as s:
+            capture.check_capture(s, r, new_image_name)
 
     def finish_capture(self, r: Reservation, new_image_name: str, size_mb: int) -> int:
         """``image.pm`` success (reference 3.6 steps 8-11). Returns the new reload request id

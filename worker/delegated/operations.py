@@ -115,6 +115,9 @@ def _capture(c: _Call) -> Value:
     c.p.initialize()
     result = c.p.capture(progress=None)
     c.store.rename_captured_image(c.r, result.new_image_name, c.p.layout.datastore_imagetype)
+    # libvirt.pm deletes the domain at the end of capture (image state); the core leaves that to
+    # the caller, after the new name is recorded.
+    c.p.remove_captured_domain(result.domain_name)
     c.timings.update({f"core_{k}": v for k, v in result.timings.items()})
     c.detail = f"captured {result.domain_name} as {result.master_path}"
     return 1

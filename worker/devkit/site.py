@@ -123,6 +123,33 @@ class SiteRequests:
         return image_id, rev_id
 
 
+def add_management_node(sf: sessionmaker[Session], site: SeededSite, hostname: str) -> int:
+    """Another management node like the seeded one (a dispatcher of its own that sees only the
+    reservations moved to it with :func:`move_reservation`); its id."""
+    with sf.begin() as s:
+        s.execute(
+            text(
+                "INSERT INTO managementnode (IPaddress, hostname, ownerid, stateid, checkininterval,"
+                " installpath, imagelibenable, `keys`, sshport, publicIPconfiguration, availablenetworks)"
+                " SELECT IPaddress, :h, ownerid, stateid, checkininterval, installpath, imagelibenable,"
+                " `keys`, sshport, publicIPconfiguration, availablenetworks"
+                " FROM managementnode WHERE id = :mn"
+            ),
+            {"h": hostname, "mn": site.management_node_id},
+        )
+        return int(
+            s.execute(text("SELECT id FROM managementnode WHERE hostname = :h"), {"h": hostname}).one()[0]
+        )
+
+
+def move_reservation(sf: sessionmaker[Session], reservation_id: int, management_node_id: int) -> None:
+    with sf.begin() as s:
+        s.execute(
+            text("UPDATE reservation SET managementnodeid = :mn WHERE id = :r"),
+            {"mn": management_node_id, "r": reservation_id},
+        )
+
+
 def _poll_kind(i: int, now: datetime) -> tuple[str, str, datetime, datetime]:
     """Request ``i`` of the finished set: a future reservation, a complete or failed request whose
     end has not passed, or a future reload, in turn."""

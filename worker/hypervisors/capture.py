@@ -3,6 +3,10 @@
 The domain is found by the computer's MAC, shut down (gracefully, then hard), and its COW flattened
 with ``qemu-img convert`` into a new standalone read-only master under the per-image lock, plus a
 repository copy when the vmprofile has a repository. An existing revision is never overwritten.
+
+Unlike libvirt.pm (which deletes the domain at the end of ``capture``), :func:`capture` leaves the
+domain in place: :func:`remove_captured_domain` deletes it only after the caller has recorded the new
+image in the database, so a capture whose recording fails never loses the user's VM.
 """
 
 from __future__ import annotations
@@ -105,8 +109,6 @@ def capture(
         if repo_xml:
             _write_text_atomic(repo_xml, dom_xml)
         timings["copy_to_repository"] = round(time.monotonic() - t, 3)
-    if layout.reservation.request_state == "image":
-        remove_domain(guest, True, settings.roots)
     timings["total"] = round(time.monotonic() - t0, 3)
     progress("capture", f"captured {new_name}", 100.0)
     return CaptureResult(
@@ -119,4 +121,23 @@ def capture(
     )
 
 
-__all__ = ["CaptureResult", "capture"]
+def captured_master(layout: Layout, new_name: str) -> str | None:
+    """The new revision's master when it already exists (an earlier delivery wrote it: masters
+    appear only by atomic rename, so an existing one is complete), else None."""
+    master = layout.master_path(naming.validate_name(new_name, "new image name"))
+    return master if os.path.exists(master) else None
+
+
+def remove_captured_domain(host: LibvirtHost, layout: Layout, settings: Settings, domain_name: str) -> bool:
+    """image.pm's last step for the ``image`` state (libvirt.pm capture step 17): delete the captured
+    domain and every disk of it. For ``checkpoint`` (or a domain already gone) nothing is deleted."""
+    if layout.reservation.request_state != "image":
+        return False
+    guest = host.lookup_guest(domain_name)
+    if guest is None:
+        return False
+    remove_domain(guest, True, settings.roots)
+    return True
+
+
+__all__ = ["CaptureResult", "capture", "captured_master", "remove_captured_domain"]

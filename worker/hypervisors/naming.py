@@ -130,11 +130,18 @@ def copy_on_write_file_path(vm_path: str, file_base_name: str, datastore_imagety
     return os.path.join(vm_path, f"{file_base_name}.{datastore_imagetype}")
 
 
+#: ``image.name`` / ``imagerevision.imagename`` are varchar(70) in vcl.sql.
+MAX_IMAGE_NAME = 70
+
+
 def new_image_name(os_name: str, image_prettyname: str, image_id: int, revision: int) -> str:
     """``get_new_image_name``: ``<OS.name minus vmware/image>-<prettyname minus [\\W_]>-<id>-v<rev>``."""
     os_part = re.sub(r"vmware|image", "", os_name)
     pretty = re.sub(r"[\W_]", "", image_prettyname)
-    return f"{os_part}-{pretty}-{image_id}-v{revision}"
+    # image.name holds 70 characters and VCL's prettyname up to 80: the pretty part is shortened so
+    # the name always fits (vcld would fail the capture's UPDATE after deleting the user's domain).
+    fixed = len(f"{os_part}--{image_id}-v{revision}")
+    return f"{os_part}-{pretty[: max(1, MAX_IMAGE_NAME - fixed)]}-{image_id}-v{revision}"
 
 
 def is_computer_domain(domain: str, computer_short_name: str) -> bool:

@@ -102,7 +102,16 @@ class LibvirtProvisioner:
         return load_module.load(self.host, self.driver, self.layout, self.settings, Progress(progress))
 
     def capture(self, progress: ProgressCallback | None = None) -> CaptureResult:
+        """Shut down, flatten into the new master (and repository); the domain stays (see below)."""
         return capture_module.capture(self.host, self.driver, self.layout, self.settings, Progress(progress))
+
+    def captured_master(self, new_image_name: str) -> str | None:
+        """The new revision's complete master if an earlier delivery already wrote it, else None."""
+        return capture_module.captured_master(self.layout, new_image_name)
+
+    def remove_captured_domain(self, domain_name: str) -> bool:
+        """Delete the captured domain and its disks: call only once the new image is recorded."""
+        return capture_module.remove_captured_domain(self.host, self.layout, self.settings, domain_name)
 
 
 __all__ = [

@@ -28,11 +28,11 @@ from worker.db.errors import VclDataError
 from worker.db.requests import ClaimOutcome
 from worker.db.store import VclStore
 from worker.failpoints import failpoint
-from worker.hypervisors.errors import ImageExistsError, PermanentError, TransientError
+from worker.hypervisors.errors import PermanentError, TransientError
 from worker.hypervisors.provisioner import LibvirtProvisioner, NodeStatus, ProgressEvent
 from worker.reservation import Reservation
 
-from .locks import computer_lock
+from .locks import computer_lock, release_if_owner
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ LOAD_STAGE_PERCENT = {
 _LOAD_DONE_KEY = "vcl:load-done:{}"
 # A master copy from the repository runs between startload and transfervm.
 COPY_SPAN = (5.0, 50.0)
-CAPTURE_SPAN = (10.0, 90.0)
 
 
 class TaskHooks(Protocol):
@@ -116,21 +115,46 @@ class _Stopwatch:
         return round(time.monotonic() - self._start, 3)
 
 
-def _claim(store: VclStore, reservation_id: int, from_state: str) -> tuple[int, ClaimOutcome]:
+def _claim(
+    store: VclStore, reservation_id: int, from_state: str, owner: str | None
+) -> tuple[int, ClaimOutcome]:
+    """Claim the request for this task (the dispatcher usually did: RESUMED); a claim that names
+    another task (the sweep re-enqueued the request) is not ours."""
     found = store.reservation_request(reservation_id)
     if found is None:
         raise ReservationFailed(f"reservation {reservation_id} does not exist")
     request_id, state, laststate = found
-    outcome = store.claim_request(request_id, from_state)
+    if owner is None:
+        outcome = store.claim_request(request_id, from_state)
+    else:
+        outcome = store.claim_for_task(request_id, reservation_id, from_state, owner)
     if outcome is ClaimOutcome.LOST:
-        raise AlreadyHandled(f"request {request_id} is {state}/{laststate}, not {from_state}: nothing to do")
+        if owner is not None:
+            _release_left_lock(store, reservation_id, owner)
+        raise AlreadyHandled(
+            f"request {request_id} is {state}/{laststate}, not {from_state} for task {owner}: nothing to do"
+        )
     return request_id, outcome
 
 
-def _still_ours(store: VclStore, request_id: int, from_state: str) -> None:
-    states = store.request_states(request_id)
-    if states != ("pending", from_state):
-        raise AlreadyHandled(f"request {request_id} is {states}; another task handled it")
+def _release_left_lock(store: VclStore, reservation_id: int, owner: str) -> None:
+    """An earlier delivery of this task may have died inside the computer lock after recording its
+    work: give the lock back now instead of leaving the computer locked for a lease."""
+    try:
+        computer_id = store.load_reservation(reservation_id).computer_id
+        if release_if_owner(runtime.lock_redis(), computer_id, owner):
+            log.info("reservation %s: released the lock an earlier delivery left", reservation_id)
+    except Exception as exc:  # best effort: the lease ends the lock anyway
+        log.debug("reservation %s: left lock not checked: %s", reservation_id, exc)
+
+
+def _still_ours(store: VclStore, work: _Work, owner: str | None) -> None:
+    """Inside the computer lock: the request is still claimed, and by this task."""
+    states = store.request_states(work.request_id)
+    if states != ("pending", work.from_state):
+        raise AlreadyHandled(f"request {work.request_id} is {states}; another task handled it")
+    if owner is not None and not store.owns_claim(work.reservation.reservation_id, owner):
+        raise AlreadyHandled(f"request {work.request_id} was handed to another task by the sweep")
 
 
 def _load_reservation(store: VclStore, reservation_id: int, request_id: int, action: str) -> Reservation:
@@ -196,6 +220,7 @@ def _locked(computer_id: int, summary: Summary, owner: str | None) -> Iterator[N
         ttl=settings.computer_lock_ttl,
         wait=settings.lock_wait,
         owner=owner,
+        lease=settings.lock_lease,
     ):
         summary.timings["lock_wait"] = round(time.monotonic() - t0, 3)
         # Wall-clock bounds of the exclusive section: lets operators (and tests) check that two
@@ -227,7 +252,7 @@ def _begin(hooks: TaskHooks, reservation_id: int, action: str) -> _Work:
     from_state = BY_NAME[action].from_state
     summary = Summary(action=action, reservation_id=reservation_id)
     clock = _Stopwatch()
-    request_id, outcome = _claim(store, reservation_id, from_state)
+    request_id, outcome = _claim(store, reservation_id, from_state, hooks.owner)
     failpoint(f"{action}.claimed")
     summary.request_id = request_id
     hooks.progress("claimed", 1.0, outcome.value)
@@ -285,7 +310,7 @@ def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dic
     work = _begin(hooks, reservation_id, action)
     store, r, summary = work.store, work.reservation, work.summary
     with _locked(r.computer_id, summary, hooks.owner):
-        _still_ours(store, work.request_id, work.from_state)
+        _still_ours(store, work, hooks.owner)
         provisioner = _make_provisioner(store, r, work.settings, action)
         computer_state = store.computer_state(r.computer_id)
         store.start_load(r)
@@ -318,37 +343,10 @@ def run_load(hooks: TaskHooks, reservation_id: int, action: str = "load") -> dic
 
 
 def run_capture(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
-    """``image``: vcld's image.pm → libvirt capture → image/imagerevision rows → reload request."""
-    work = _begin(hooks, reservation_id, "capture")
-    store, r, summary = work.store, work.reservation, work.summary
-    with _locked(r.computer_id, summary, hooks.owner):
-        _still_ours(store, work.request_id, work.from_state)
-        provisioner = _make_provisioner(store, r, work.settings, "capture")
-        with _failing_reservation(hooks, lambda msg: store.fail_capture(r, msg)):
-            provisioner.initialize()
-            new_name = provisioner.get_new_image_name()
-            try:
-                with work.clock.phase("capture"):
-                    result = provisioner.capture(
-                        progress=_progress_adapter(hooks, store, r, CAPTURE_SPAN, record=False)
-                    )
-                new_name = result.new_image_name
-                summary.domain = result.domain_name
-                summary.disks = {"master": result.master_path}
-                if result.repository_path:
-                    summary.disks["repository"] = result.repository_path
-            except ImageExistsError:
-                # Masters appear only by atomic rename, so an existing target is a complete capture
-                # from an earlier delivery of this task that died before recording it.
-                if work.outcome is not ClaimOutcome.RESUMED:
-                    raise
-                summary.detail = "master already captured by an earlier delivery; recording it"
-            size_mb = provisioner.get_image_size(new_name)
-        reload_request_id = store.finish_capture(r, new_name, size_mb)
-    summary.detail = (
-        summary.detail + f" new image {new_name} ({size_mb} MB); reload request {reload_request_id}"
-    ).strip()
-    return _end(work, hooks, "complete")
+    """``image``: see :mod:`worker.tasks.capture_flow` (kept here for callers of the flows API)."""
+    from .capture_flow import run_capture as capture_flow
+
+    return capture_flow(hooks, reservation_id)
 
 
 def run_maintenance(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
@@ -356,7 +354,7 @@ def run_maintenance(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
     work = _begin(hooks, reservation_id, "maintenance")
     store, r, summary = work.store, work.reservation, work.summary
     with _locked(r.computer_id, summary, hooks.owner):
-        _still_ours(store, work.request_id, work.from_state)
+        _still_ours(store, work, hooks.owner)
         provisioner = _make_provisioner(store, r, work.settings, "maintenance")
         failure = ""
         try:

@@ -22,7 +22,7 @@ from worker.actions import BY_NAME
 from worker.app import app
 from worker.hypervisors.errors import TransientError
 
-from . import flows
+from . import capture_flow, flows
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,16 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
 )
-MAX_RETRIES = 5
-# Celery's own exponential backoff (retry_backoff): 2, 4, 8, 16, 32 s, each with full jitter, capped.
-BACKOFF_BASE = 2
-BACKOFF_MAX = 600
-
 # Read once at import: Celery needs the limits as class attributes when the tasks are registered.
 _SETTINGS = runtime.settings()
+# Celery's own exponential backoff (retry_backoff): 2, 4, 8 ... s, each with full jitter, capped at
+# BACKOFF_MAX, which the default 10 retries reach (2 * 2**9 > 300): ~20 minutes of retries in all.
+MAX_RETRIES = _SETTINGS.task_max_retries
+BACKOFF_BASE = 2
+BACKOFF_MAX = _SETTINGS.retry_backoff_max
+#: The tasks whose argument is a reservation with a claimed request (not ``vcl.call``).
+CLAIMING_TASKS = frozenset(a.task_name for a in BY_NAME.values())
+_DELIVERY_KEY = "vcl:deliveries:{}:{}"
 
 
 @worker_process_init.connect
@@ -67,6 +70,23 @@ class VclTask(Task):  # type: ignore[misc]
     retry_jitter = True
     soft_time_limit = _SETTINGS.load_soft_time_limit
     time_limit = _SETTINGS.load_time_limit
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Celery's failure handler: retries exhausted (in the child) or the hard time limit (Celery
+        calls it in the worker's main process). The reservation ends the way vcld ends a failure,
+        never in silence; the flows already recorded their own failures (the store's guards make
+        this a no-op then). If the database is down too, the dispatcher's sweep fails it later."""
+        if self.name not in CLAIMING_TASKS or isinstance(exc, flows.ReservationFailed):
+            return
+        reservation_id = args[0] if args else (kwargs or {}).get("reservation_id")
+        if reservation_id is None:
+            return
+        message = f"{self.name}: {type(exc).__name__}: {exc}"
+        try:
+            if runtime.store().fail_stranded(int(reservation_id), task_id, message):
+                log.error("reservation %s failed: %s", reservation_id, message)
+        except Exception:
+            log.exception("reservation %s: failure not recorded; the sweep will", reservation_id)
 
 
 class CaptureTask(VclTask):
@@ -107,6 +127,7 @@ def _run(task: Task, flow: Callable[..., dict[str, Any]], reservation_id: int, *
     if task.request.id:
         runtime.remember_task(reservation_id, task.request.id)
     hooks = _Hooks(task, reservation_id)
+    _bound_deliveries(task, reservation_id)
     try:
         return flow(hooks, reservation_id, *extra)
     except flows.AlreadyHandled as exc:
@@ -115,12 +136,33 @@ def _run(task: Task, flow: Callable[..., dict[str, Any]], reservation_id: int, *
     except TRANSIENT_ERRORS as exc:
         # autoretry_for turns this into a backed-off retry (or the final failure once retries are spent).
         log.warning(
-            "reservation %s: transient error (attempt %s): %s",
+            "reservation %s: transient error, retry %s of %s: %s",
             reservation_id,
             int(task.request.retries) + 1,
+            int(task.max_retries),
             exc,
         )
         raise
+
+
+def _bound_deliveries(task: Task, reservation_id: int) -> None:
+    """A message whose child dies (late ack + reject_on_worker_lost) comes back; one that kills
+    every child it reaches would come back forever. Count the deliveries of this attempt (task id
+    and retry number) and fail the reservation instead of running it once the bound is passed."""
+    task_id = task.request.id
+    if not task_id:
+        return
+    key = _DELIVERY_KEY.format(task_id, int(task.request.retries))
+    try:
+        count = int(runtime.lock_redis().incr(key))
+        runtime.lock_redis().expire(key, _SETTINGS.visibility_timeout)
+    except redis.RedisError:
+        return  # bookkeeping only: without Redis the task runs unbounded rather than not at all
+    if count <= _SETTINGS.max_deliveries:
+        return
+    message = f"{task.name}: delivered {count} times, the worker child died each time; giving up"
+    runtime.store().fail_stranded(reservation_id, str(task_id), message)
+    raise flows.ReservationFailed(message)
 
 
 @app.task(
@@ -150,7 +192,7 @@ def reload(self: Task, reservation_id: int) -> dict[str, Any]:
 )
 def capture(self: Task, reservation_id: int) -> dict[str, Any]:
     """Capture the computer's disk as the new image revision (request ``image``)."""
-    return _run(self, flows.run_capture, reservation_id)
+    return _run(self, capture_flow.run_capture, reservation_id)
 
 
 @app.task(
