@@ -47,6 +47,11 @@ def test_capture_flattens_cow_into_standalone_master(env, events) -> None:  # ty
     assert qemuimg.compare(result.master_path, str(keep))
     assert (os.stat(result.master_path).st_mode & 0o777) == 0o444
     assert (env.images / f"{result.new_image_name}.xml").read_text().startswith("<domain")
+    # The user's VM survives the capture itself: it is deleted only once the new image is recorded
+    # (the flow calls remove_captured_domain after the DB commit), so a failed commit loses nothing.
+    assert os.path.exists(loaded.cow_path)
+    assert libvirt_env.list_domain_names(res.computer_short_name) == [result.domain_name]
+    assert prov.remove_captured_domain(result.domain_name)
     assert not os.path.exists(loaded.cow_path)
     assert libvirt_env.list_domain_names(res.computer_short_name) == []
     assert libvirt_env.sha256(master) == master_sum
