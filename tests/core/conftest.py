@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -13,6 +14,8 @@ import pytest
 
 from worker.config import Settings
 from worker.devkit import libvirt_env
+from worker.devkit.guest_image import GuestImage, ensure_guest_image
+from worker.devkit.guest_network import DhcpNetwork, create_dhcp_network, remove_network
 from worker.devkit.require import in_ci
 from worker.devkit.reservations import make_reservation
 from worker.hypervisors.host import get_host
@@ -84,10 +87,40 @@ class Env:
             res or self.reservation(**overrides), self.settings, get_host("qemu:///system")
         )
 
+    def guest_reservation(self, net: DhcpNetwork, image: GuestImage, host_n: int, **kw: Any) -> Reservation:
+        """A reservation for the real guest: eth0 on ``net`` with address ``host_n`` pinned, 256 MB,
+        the guest's key as managementnode.keys (post-load logs in with it)."""
+        return self.reservation(
+            vmprofile={"virtualswitch0": net.name, "virtualswitch1": ""},
+            computer_private_ip=net.host_ip(host_n),
+            image_minram=256,
+            management_node_keys=(str(image.private_key),),
+            **kw,
+        )
+
+    def guest_provisioner(self, res: Reservation, **settings: Any) -> LibvirtProvisioner:
+        """A provisioner that waits for the guest (120 s unless ``settings`` say otherwise)."""
+        s = dataclasses.replace(self.settings, **{"wait_for_guest": True, "ready_timeout": 120, **settings})
+        return LibvirtProvisioner(res, s, get_host("qemu:///system"))
+
     def master_for(self, res: Reservation, pattern: int | None = 0xCD) -> Path:
         return libvirt_env.make_master(
             self.images / f"{res.imagerevision_imagename}.qcow2", size_mb=64, pattern=pattern, mode=0o444
         )
+
+
+@pytest.fixture(scope="module")
+def dhcp_net() -> Iterator[DhcpNetwork]:
+    """An isolated DHCP network for real guests (one per test module)."""
+    conn = libvirt_env.connect()
+    net = create_dhcp_network(conn, "vclcore")
+    yield net
+    remove_network(conn, net.name)
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> GuestImage:
+    return ensure_guest_image()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,9 @@ import pytest
 
 from tests.core.conftest import Env
 from worker.config import Settings
-from worker.devkit import libvirt_env
-from worker.devkit.guest_image import GuestImage, ensure_guest_image
+from worker.devkit.guest_image import GuestImage
 from worker.devkit.guest_master import install_guest_master
-from worker.devkit.guest_network import DhcpNetwork, create_dhcp_network, remove_network
+from worker.devkit.guest_network import DhcpNetwork
 from worker.hypervisors import postload
 from worker.hypervisors.boot_snapshot_files import disk_cost, snapshot_files
 from worker.hypervisors.host import get_host
@@ -32,32 +30,8 @@ from worker.reservation import Reservation
 pytestmark = [pytest.mark.real, pytest.mark.guest]
 
 
-@pytest.fixture(scope="module")
-def dhcp_net() -> Iterator[DhcpNetwork]:
-    conn = libvirt_env.connect()
-    net = create_dhcp_network(conn, "vclsnap")
-    yield net
-    remove_network(conn, net.name)
-
-
-@pytest.fixture(scope="module")
-def guest_image() -> GuestImage:
-    return ensure_guest_image()
-
-
-def _reservation(env: Env, net: DhcpNetwork, image: GuestImage, n: int, **kw: Any) -> Reservation:
-    return env.reservation(
-        vmprofile={"virtualswitch0": net.name, "virtualswitch1": ""},
-        computer_private_ip=net.host_ip(n),
-        image_minram=256,
-        management_node_keys=(str(image.private_key),),
-        **kw,
-    )
-
-
 def _load(env: Env, res: Reservation, **settings: Any) -> LoadResult:
-    s = dataclasses.replace(env.settings, **{"wait_for_guest": True, "ready_timeout": 120, **settings})
-    prov = LibvirtProvisioner(res, s, get_host("qemu:///system"))
+    prov = env.guest_provisioner(res, **settings)
     prov.initialize()
     return prov.load()
 
@@ -72,7 +46,7 @@ def _guest(res: Reservation, *argv: str) -> str:
 def test_reload_restores_a_fresh_copy_and_a_broken_snapshot_boots_cold(
     env: Env, dhcp_net: DhcpNetwork, guest_image: GuestImage
 ) -> None:
-    res = _reservation(env, dhcp_net, guest_image, 31)
+    res = env.guest_reservation(dhcp_net, guest_image, 31)
     install_guest_master(guest_image, env.images, res.imagerevision_imagename)
     t0 = time.monotonic()
     cold = _load(env, res)
@@ -129,7 +103,7 @@ def _guest_run(res: Reservation, *argv: str) -> tuple[int, str]:
 def test_master_or_memory_change_invalidates(
     env: Env, dhcp_net: DhcpNetwork, guest_image: GuestImage
 ) -> None:
-    res = _reservation(env, dhcp_net, guest_image, 32)
+    res = env.guest_reservation(dhcp_net, guest_image, 32)
     master = install_guest_master(guest_image, env.images, res.imagerevision_imagename)
     assert _load(env, res).boot_snapshot == "saved"
     files = snapshot_files(LibvirtProvisioner(res, env.settings, get_host("qemu:///system")).layout)
@@ -152,7 +126,7 @@ def test_master_or_memory_change_invalidates(
 def test_setting_off_never_saves_or_restores(
     env: Env, dhcp_net: DhcpNetwork, guest_image: GuestImage
 ) -> None:
-    res = _reservation(env, dhcp_net, guest_image, 33)
+    res = env.guest_reservation(dhcp_net, guest_image, 33)
     install_guest_master(guest_image, env.images, res.imagerevision_imagename)
     off = _load(env, res, boot_snapshots=False)
     assert off.boot_snapshot == "" and "snapshot_save" not in off.timings

@@ -7,66 +7,33 @@ host whose KVM is paravirtual (kvm_pvm) a forced ``type='kvm'`` domain never ans
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.core.conftest import Env
-from worker.devkit import images, libvirt_env
-from worker.devkit.guest_image import GuestImage, ensure_guest_image
+from worker.devkit import images
+from worker.devkit.guest_image import GuestImage
 from worker.devkit.guest_master import install_guest_master
-from worker.devkit.guest_network import DhcpNetwork, create_dhcp_network, remove_network
+from worker.devkit.guest_network import DhcpNetwork
 from worker.hypervisors import postload
 from worker.hypervisors.domain_type import choose_domain_type
-from worker.hypervisors.host import get_host
 from worker.hypervisors.lifecycle import NodeStatus
 from worker.hypervisors.network import LibvirtNetwork
-from worker.hypervisors.provisioner import LibvirtProvisioner
 from worker.hypervisors.readiness import GuestNotReadyError
-from worker.reservation import Reservation
 
 pytestmark = [pytest.mark.real, pytest.mark.guest]
-
-
-@pytest.fixture(scope="module")
-def dhcp_net() -> Iterator[DhcpNetwork]:
-    conn = libvirt_env.connect()
-    net = create_dhcp_network(conn, "vclcore")
-    yield net
-    remove_network(conn, net.name)
-
-
-@pytest.fixture(scope="module")
-def guest_image() -> GuestImage:
-    return ensure_guest_image()
-
-
-def _guest_reservation(env: Env, net: DhcpNetwork, image: GuestImage, host_n: int, **kw: Any) -> Reservation:
-    return env.reservation(
-        vmprofile={"virtualswitch0": net.name, "virtualswitch1": ""},
-        computer_private_ip=net.host_ip(host_n),
-        image_minram=256,
-        management_node_keys=(str(image.private_key),),
-        **kw,
-    )
-
-
-def _provisioner(env: Env, res: Reservation, **settings: Any) -> LibvirtProvisioner:
-    s = dataclasses.replace(env.settings, **{"wait_for_guest": True, "ready_timeout": 120, **settings})
-    return LibvirtProvisioner(res, s, get_host("qemu:///system"))
 
 
 def test_real_guest_boots_gets_private_ip_answers_ssh_and_post_load_runs(
     env: Env, dhcp_net: DhcpNetwork, guest_image: GuestImage, events: tuple[list[Any], Any]
 ) -> None:
     seen, on_event = events
-    res = _guest_reservation(env, dhcp_net, guest_image, 21)
+    res = env.guest_reservation(dhcp_net, guest_image, 21)
     master = install_guest_master(guest_image, env.images, res.imagerevision_imagename)
     master_sum = images.sha256(master)
-    prov = _provisioner(env, res)
+    prov = env.guest_provisioner(res)
     prov.initialize()
 
     result = prov.load(progress=on_event)
@@ -98,10 +65,10 @@ def test_real_guest_boots_gets_private_ip_answers_ssh_and_post_load_runs(
 def test_blank_master_never_answers_and_the_attempt_is_removed(
     env: Env, dhcp_net: DhcpNetwork, guest_image: GuestImage
 ) -> None:
-    res = _guest_reservation(env, dhcp_net, guest_image, 22)
+    res = env.guest_reservation(dhcp_net, guest_image, 22)
     master = env.master_for(res)  # a blank disk: firmware finds nothing to boot
     master_sum = images.sha256(master)
-    prov = _provisioner(env, res, ready_timeout=20)
+    prov = env.guest_provisioner(res, ready_timeout=20)
     prov.initialize()
     with pytest.raises(GuestNotReadyError, match=rf"{res.computer_private_ip}:22 did not answer"):
         prov.load()
@@ -117,9 +84,9 @@ def test_forced_kvm_on_paravirtual_kvm_never_answers(
     if not Path("/sys/module/kvm_pvm").exists():
         pytest.skip(f"no kvm_pvm here ({choice.reason}): a forced kvm domain is not the wrong type")
     assert choice.domain_type == "qemu", choice.reason
-    res = _guest_reservation(env, dhcp_net, guest_image, 23)
+    res = env.guest_reservation(dhcp_net, guest_image, 23)
     install_guest_master(guest_image, env.images, res.imagerevision_imagename)
-    prov = _provisioner(env, res, domain_type="kvm", ready_timeout=25)
+    prov = env.guest_provisioner(res, domain_type="kvm", ready_timeout=25)
     prov.initialize()
     with pytest.raises(GuestNotReadyError):
         prov.load()

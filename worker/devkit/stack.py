@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -183,6 +184,30 @@ class Stack(SiteRequests):
 S = TypeVar("S", bound=Stack)
 
 
+_taken_mac_seeds: set[int] = set()
+
+
+def _free_mac_seed() -> int:
+    """A MAC seed (52:54:00:<seed>:…) no stack of this process and no domain on the host uses.
+
+    Capture finds its domain by MAC among all domains on the host: two live stacks with one seed
+    would make it ambiguous."""
+    used = set(_taken_mac_seeds)
+    conn = connect()
+    try:
+        for dom in conn.listAllDomains(0):
+            for seed in re.findall(r"<mac address='52:54:00:([0-9a-f]{2}):", dom.XMLDesc(0)):
+                used.add(int(seed, 16))
+    finally:
+        conn.close()
+    free = [seed for seed in range(0x80, 0x100) if seed not in used]
+    if not free:
+        raise RuntimeError("no free MAC seed 0x80-0xff: too many test domains on this host")
+    seed = random.choice(free)  # noqa: S311 (test names, not secrets)
+    _taken_mac_seeds.add(seed)
+    return seed
+
+
 def _quietly(fn: Callable[..., object], *args: Any) -> None:
     # Teardown goes on after one step fails: a leftover network must not keep a database alive.
     try:
@@ -267,7 +292,7 @@ def _build(config: StackConfig, cls: type[S], cleanup: contextlib.ExitStack, ext
     site_fields: dict[str, Any] = {
         "repository_path": str(repository) if repository else None,
         # MACs unique to this run: capture finds its domain by MAC among all domains on the host.
-        "mac_seed": random.randrange(0x80, 0xFF),  # noqa: S311
+        "mac_seed": _free_mac_seed(),
         **guest_fields,
         **config.site,
     }

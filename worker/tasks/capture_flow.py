@@ -68,6 +68,8 @@ def run_capture(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
                 new_name = result.new_image_name
                 summary.domain = result.domain_name
                 summary.disks = {"master": result.master_path}
+                # The core's steps, the guest's ACPI shutdown time among them (core_shutdown).
+                summary.timings.update({f"core_{k}": v for k, v in result.timings.items()})
                 if result.repository_path:
                     summary.disks["repository"] = result.repository_path
             size_mb = provisioner.get_image_size(new_name)
