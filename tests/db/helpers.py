@@ -7,6 +7,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.db.seed import SeededSite, create_request
+
 SNAPSHOT_TABLES = ("request", "reservation", "computer", "computerloadlog", "image", "imagerevision", "log")
 
 
@@ -62,3 +64,17 @@ def snapshot(sf: sessionmaker[Session]) -> dict[str, list[tuple[Any, ...]]]:
 def execute(sf: sessionmaker[Session], sql: str, **params: Any) -> None:
     with sf.begin() as s:
         s.execute(text(sql), params)
+
+
+def new_request(
+    sf: sessionmaker[Session], site: SeededSite, computer: int = 0, state: str = "new"
+) -> tuple[int, int]:
+    """(request id, reservation id) of a request the web would insert for computer ``computer``."""
+    return create_request(
+        sf,
+        computer_id=site.computer_ids[computer],
+        image_id=site.image_id,
+        imagerevision_id=site.imagerevision_id,
+        management_node_id=site.management_node_id,
+        state=state,
+    )

@@ -8,27 +8,16 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.db.helpers import execute
+from tests.db.helpers import execute, new_request
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.requests import ClaimOutcome
-from worker.db.seed import SeededSite, create_request
+from worker.db.seed import SeededSite
 from worker.db.store import VclStore
 from worker.devkit.sqlcount import counting_statements
 
 
-def _req(sf: sessionmaker[Session], site: SeededSite, state: str = "new") -> tuple[int, int]:
-    return create_request(
-        sf,
-        computer_id=site.computer_ids[0],
-        image_id=site.image_id,
-        imagerevision_id=site.imagerevision_id,
-        management_node_id=site.management_node_id,
-        state=state,
-    )
-
-
 def test_claim_outcomes(sf: sessionmaker[Session], store: VclStore, site: SeededSite) -> None:
-    req, _ = _req(sf, site)
+    req, _ = new_request(sf, site)
     assert store.claim_request(req, "reload") is ClaimOutcome.LOST  # wrong from-state
     assert store.request_states(req) == ("new", "new")
     assert store.claim_request(req, "new") is ClaimOutcome.CLAIMED
@@ -42,7 +31,7 @@ def test_claim_outcomes(sf: sessionmaker[Session], store: VclStore, site: Seeded
 def test_maintenance_request_is_never_claimed(
     sf: sessionmaker[Session], store: VclStore, site: SeededSite
 ) -> None:
-    req, _ = _req(sf, site)
+    req, _ = new_request(sf, site)
     # a failed capture left it in maintenance/image: nothing may claim it from a load state
     execute(sf, "UPDATE request SET stateid = 10, laststateid = 16 WHERE id = :id", id=req)
     assert store.claim_request(req, "new") is ClaimOutcome.LOST
@@ -53,7 +42,7 @@ def test_maintenance_request_is_never_claimed(
 def test_two_concurrent_claims_exactly_one_claimed(
     vcl_db_url: str, sf: sessionmaker[Session], site: SeededSite, attempt: int
 ) -> None:
-    req, _ = _req(sf, site)
+    req, _ = new_request(sf, site)
     engines = [make_engine(vcl_db_url) for _ in range(2)]
     stores = [VclStore(make_session_factory(e)) for e in engines]
     barrier = threading.Barrier(2)
@@ -88,7 +77,7 @@ def test_two_concurrent_claims_exactly_one_claimed(
 def test_load_reservation_statement_count(
     engine: Engine, sf: sessionmaker[Session], store: VclStore, site: SeededSite
 ) -> None:
-    req, res = _req(sf, site)
+    req, res = new_request(sf, site)
     store.claim_request(req, "new")
     with counting_statements(engine) as statements:
         r = store.load_reservation(res)
@@ -106,7 +95,7 @@ def test_reservation_carries_how_vcl_reaches_the_guest(
     from worker.db.seed import seed_site
 
     site = seed_site(sf, unique_spec(management_node_keys="/etc/vcl/a.key, /etc/vcl/b.key"))
-    _, res = _req(sf, site)
+    _, res = new_request(sf, site)
     with counting_statements(engine) as statements:
         r = store.load_reservation(res)
     assert len(statements) == 1

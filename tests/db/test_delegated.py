@@ -14,10 +14,10 @@ from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.db.conftest import unique_spec
-from tests.db.helpers import computer_row, execute, one, request_row, snapshot
+from tests.db.helpers import computer_row, execute, new_request, one, request_row, snapshot
 from worker.db.errors import NotLibvirtProvisionedError, VclDataError
 from worker.db.reservation_row import BRIDGE_PERL_PACKAGE, LIBVIRT_PERL_PACKAGE, WORKER_PERL_PACKAGES
-from worker.db.seed import SeededSite, create_request, seed_site
+from worker.db.seed import SeededSite, seed_site
 from worker.db.store import VclStore
 
 REGISTER_SQL = Path(__file__).resolve().parents[2] / "integrations" / "vcld" / "sql" / "register.sql"
@@ -40,16 +40,6 @@ def _to_bridge(sf: sessionmaker[Session], computer_id: int) -> None:
     execute(sf, "UPDATE computer SET provisioningid = :p WHERE id = :c", p=prov, c=computer_id)
 
 
-def _req(sf: sessionmaker[Session], site: SeededSite, computer: int = 0) -> tuple[int, int]:
-    return create_request(
-        sf,
-        computer_id=site.computer_ids[computer],
-        image_id=site.image_id,
-        imagerevision_id=site.imagerevision_id,
-        management_node_id=site.management_node_id,
-    )
-
-
 def _counted_load(engine: Engine, store: VclStore, reservation_id: int) -> tuple[Any, list[str]]:
     statements: list[str] = []
 
@@ -68,7 +58,7 @@ def test_bridge_computer_reservation_loads_in_one_select(
     engine: Engine, sf: sessionmaker[Session], store: VclStore, site: SeededSite
 ) -> None:
     assert WORKER_PERL_PACKAGES == (LIBVIRT_PERL_PACKAGE, BRIDGE_PERL_PACKAGE)
-    _, res = _req(sf, site)
+    _, res = new_request(sf, site)
     as_libvirt, statements = _counted_load(engine, store, res)
     assert len(statements) == 1
     assert as_libvirt.provisioning_module == "libvirt"
@@ -83,7 +73,7 @@ def test_bridge_computer_reservation_loads_in_one_select(
 def test_other_modules_are_refused_naming_both_accepted_ones(
     sf: sessionmaker[Session], store: VclStore, site: SeededSite
 ) -> None:
-    _, res = _req(sf, site)
+    _, res = new_request(sf, site)
     execute(sf, "UPDATE computer SET provisioningid = 7 WHERE id = :c", c=site.computer_ids[0])
     with pytest.raises(NotLibvirtProvisionedError) as info:
         store.load_reservation(res)
@@ -95,7 +85,7 @@ def test_other_modules_are_refused_naming_both_accepted_ones(
 def test_rename_captured_image_writes_both_names_and_the_type(
     sf: sessionmaker[Session], store: VclStore, site: SeededSite
 ) -> None:
-    _, res = _req(sf, site)
+    _, res = new_request(sf, site)
     r = store.load_reservation(res)
     execute(sf, "UPDATE image SET imagetypeid = 1 WHERE id = :i", i=site.image_id)  # 'none'
     computer_before = computer_row(sf, site.computer_ids[0])
@@ -118,7 +108,7 @@ def test_rename_captured_image_writes_both_names_and_the_type(
 def test_rename_captured_image_refuses_a_bad_name_and_changes_nothing(
     sf: sessionmaker[Session], store: VclStore, site: SeededSite, bad_name: str
 ) -> None:
-    _, res = _req(sf, site)
+    _, res = new_request(sf, site)
     r = store.load_reservation(res)
     before = snapshot(sf)
     with pytest.raises(VclDataError, match=r"cannot be renamed|invalid new image name"):
@@ -129,7 +119,7 @@ def test_rename_captured_image_refuses_a_bad_name_and_changes_nothing(
 def test_detach_computer_sets_noimage_and_clears_the_vm_host(
     sf: sessionmaker[Session], store: VclStore, site: SeededSite
 ) -> None:
-    req, _ = _req(sf, site)
+    req, _ = new_request(sf, site)
     cid = site.computer_ids[0]
     before = computer_row(sf, cid)
     request_before = request_row(sf, req)
@@ -159,8 +149,8 @@ def test_bridge_computers_reserved_through_the_node(
     sf: sessionmaker[Session], store: VclStore, site: SeededSite
 ) -> None:
     mn = site.management_node_id
-    _req(sf, site, 0)
-    _req(sf, site, 1)
+    new_request(sf, site, 0)
+    new_request(sf, site, 1)
     assert store.bridge_computers(mn) == []  # libvirt computers only: the dispatcher may run
     _to_bridge(sf, site.computer_ids[0])
     _to_bridge(sf, site.computer_ids[1])

@@ -5,26 +5,16 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.db.helpers import computer_row, execute, loadlog_names, request_row, snapshot
+from tests.db.helpers import computer_row, execute, loadlog_names, new_request, request_row, snapshot
 from worker.db.requests import ClaimOutcome
-from worker.db.seed import SeededSite, create_capture_request, create_request
+from worker.db.seed import SeededSite, create_capture_request
 from worker.db.store import VclStore
-
-
-def _new(sf: sessionmaker[Session], site: SeededSite, index: int = 0) -> tuple[int, int]:
-    return create_request(
-        sf,
-        computer_id=site.computer_ids[index],
-        image_id=site.image_id,
-        imagerevision_id=site.imagerevision_id,
-        management_node_id=site.management_node_id,
-    )
 
 
 def test_unclaim_only_undoes_its_own_claim(
     sf: sessionmaker[Session], store: VclStore, site: SeededSite
 ) -> None:
-    req, _ = _new(sf, site)
+    req, _ = new_request(sf, site)
     assert store.unclaim_request(req, "new") is False  # not claimed: nothing to undo
     assert store.claim_request(req, "new") is ClaimOutcome.CLAIMED
     assert store.unclaim_request(req, "reload") is False  # claimed from another state
@@ -35,7 +25,7 @@ def test_unclaim_only_undoes_its_own_claim(
 
 
 def test_fail_request_load_state(sf: sessionmaker[Session], store: VclStore, site: SeededSite) -> None:
-    req, res = _new(sf, site)
+    req, res = new_request(sf, site)
     cid = site.computer_ids[0]
     before = snapshot(sf)
     store.fail_request(req, res, "unclaimed: nothing happens")
@@ -70,7 +60,7 @@ def test_fail_request_capture_goes_to_maintenance(
 def test_fail_request_leaves_a_maintenance_computer_alone(
     sf: sessionmaker[Session], store: VclStore, site: SeededSite
 ) -> None:
-    req, res = _new(sf, site)
+    req, res = new_request(sf, site)
     cid = site.computer_ids[0]
     store.claim_request(req, "new")
     execute(sf, "UPDATE computer SET stateid = 10 WHERE id = :id", id=cid)
