@@ -39,6 +39,8 @@ VMS_PER_HOST = 50
 FINISHED = 100_000
 TARGET_DISPATCH_S = 1.0
 TASK_TIMEOUT = 1800
+#: Scheduling priority of the simulated VM hosts' workers (see :func:`_start_workers`).
+WORKER_NICE = 19
 
 
 @dataclass(frozen=True)
@@ -136,13 +138,21 @@ def _finish_round(stack: Stack) -> None:
 def one_round(stack: Stack, hosts: list[Host], n: int) -> dict[str, Any]:
     _insert_due(stack, hosts, n)
     app = _TimedApp(stack.app)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     done = dispatch_once(stack.store, app, stack.site.management_node_id)  # type: ignore[arg-type]
-    dispatch_s = time.perf_counter() - t0
+    dispatch_s, dispatch_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     enqueued = [d for d in done if d.action == "enqueued"]
     assert len(enqueued) == n, (
         f"{len(enqueued)} of {n} enqueued: {[d for d in done if d.action != 'enqueued'][:3]}"
     )
+    # The next pass (vcld's loop would run it a check-in interval later) sweeps this round's claims
+    # that are still pending: its cost grows with them, so it is reported too.
+    pending = int(
+        stack.one("SELECT COUNT(*) FROM request WHERE stateid=(SELECT id FROM state WHERE name='pending')")[0]
+    )
+    t0 = time.perf_counter()
+    dispatch_once(stack.store, app, stack.site.management_node_id)  # type: ignore[arg-type]
+    next_pass_s = time.perf_counter() - t0
     latencies: list[float] = []
     finished_at: list[float] = []
     failures = 0
@@ -166,6 +176,9 @@ def one_round(stack: Stack, hosts: list[Host], n: int) -> dict[str, Any]:
         "reservations": n,
         "hosts": len(hosts),
         "dispatch_pass_s": round(dispatch_s, 3),
+        "dispatch_pass_cpu_s": round(dispatch_cpu_s, 3),
+        "next_pass_s": round(next_pass_s, 3),
+        "next_pass_pending_claims": pending,
         "enqueue_to_last_success_s": round(wall, 3),
         "throughput_res_per_s": round(len(finished_at) / wall, 2) if finished_at else 0.0,
         "latency_p50_s": round(_pct(latencies, 0.5), 3),
@@ -176,9 +189,19 @@ def one_round(stack: Stack, hosts: list[Host], n: int) -> dict[str, Any]:
 
 def _start_workers(stack: Stack, hosts: list[Host], count: int) -> None:
     """One ``-c 1`` worker per VM host queue, one after the other: parallel starts deadlock in
-    kombu's producer pool while all of them wait for their ping."""
+    kombu's producer pool while all of them wait for their ping.
+
+    On a site each worker runs on its own VM host; here all of them share this machine's cores
+    with the dispatcher, so they run at nice :data:`WORKER_NICE` (with their children and the
+    qemu-img they start): the dispatch pass then measures the dispatcher, not its share of a CPU
+    that 20 busy hosts' workers also want. MariaDB and Redis keep serving both at normal priority."""
+    import psutil
+
     for h in hosts[:count]:
-        stack.start_worker(RESULTS, concurrency=1, queues=[h.queue], loglevel="WARNING", timeout=300)
+        w = stack.start_worker(RESULTS, concurrency=1, queues=[h.queue], loglevel="WARNING", timeout=300)
+        proc = psutil.Process(w.proc.pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            p.nice(WORKER_NICE)
 
 
 def run(sizes: tuple[int, ...] = (100, 1000), host_counts: tuple[int, ...] = (2, 20)) -> dict[str, Any]:
@@ -204,7 +227,8 @@ def run(sizes: tuple[int, ...] = (100, 1000), host_counts: tuple[int, ...] = (2,
             for n in sizes:
                 r = one_round(stack, hosts[:k], n)
                 rounds.append(r)
-                print(f"  B9 {n} due on {k} hosts: dispatch {r['dispatch_pass_s']:.3f} s, "
+                print(f"  B9 {n} due on {k} hosts: dispatch {r['dispatch_pass_s']:.3f} s "
+                      f"(next pass {r['next_pass_s']:.3f} s, {r['next_pass_pending_claims']} pending), "
                       f"{r['throughput_res_per_s']:.1f} res/s, p50 {r['latency_p50_s']:.1f} s, "
                       f"p99 {r['latency_p99_s']:.1f} s", flush=True)  # fmt: skip
         rss = _rss_mib(stack)
@@ -269,7 +293,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         if x["reservations"] >= 1000:
             target = f"dispatch <= 1 s {'MET' if x['dispatch_pass_s'] <= TARGET_DISPATCH_S else 'MISSED'}"
         out.append((f"B9 {x['reservations']} due on {x['hosts']} hosts (-c 1 each), 100,000 finished",
-                    f"dispatch {x['dispatch_pass_s']:.3f} s; {x['throughput_res_per_s']:.1f} res/s",
+                    f"dispatch {x['dispatch_pass_s']:.3f} s (CPU {x['dispatch_pass_cpu_s']:.3f} s), "
+                    f"next pass {x['next_pass_s']:.3f} s ({x['next_pass_pending_claims']} pending); "
+                    f"{x['throughput_res_per_s']:.1f} res/s",
                     f"p50 {x['latency_p50_s']:.1f} s, p99 {x['latency_p99_s']:.1f} s", "-",
                     target))  # fmt: skip
     return out

@@ -18,12 +18,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from celery import Celery
+from celery.backends.base import KeyValueStoreBackend
 
 from worker.actions import BY_STATE
 from worker.app import vmhost_queue
-from worker.db.requests import ClaimOutcome
+from worker.db.claim_batch import ClaimWish
 from worker.db.reservation_row import LIBVIRT_PERL_PACKAGE
 from worker.db.schedule import DueRequest
 from worker.db.store import VclStore
@@ -67,8 +69,11 @@ def dispatch_once(
     # vcld and the dispatcher must never claim on the same management node (worker/delegated/guard.py).
     refuse_if_vcld_serves(store, management_node_id)
     store.update_lastcheckin(management_node_id)
-    done: list[Dispatched] = []
+    # The sweep first: it judges the claims of earlier passes (this pass's are too young to judge).
+    grace = runtime.settings().sweep_grace if sweep_grace is None else sweep_grace
+    done = sweep(store, celery_app, management_node_id, grace)
     seen_requests: set[int] = set()
+    wishes: list[_Wish] = []
     for due in store.find_due_requests(management_node_id):
         if due.action == "remove":
             # complete/failed requests whose work is over: vcld deletes them (utils.pm:delete_request).
@@ -101,32 +106,104 @@ def dispatch_once(
             done.append(_skip(due, f"computer {due.computer_id} has no VM host"))
             continue
         seen_requests.add(due.request_id)
-        task_id = str(uuid.uuid4())
-        outcome = store.claim_for_task(due.request_id, due.reservation_id, due.state, task_id, sent=False)
-        if outcome is not ClaimOutcome.CLAIMED:
-            done.append(_skip(due, "claimed by another dispatcher"))
-            continue
-        failpoint("dispatch.claimed")
-        queue = vmhost_queue(due.vmhost_short_name)
-        try:
-            celery_app.send_task(action.task_name, args=[due.reservation_id], queue=queue, task_id=task_id)
-        except Exception:
-            # Give the request back so the next pass (or another dispatcher) can take it.
-            store.drop_claim(due.request_id, due.reservation_id, due.state)
-            raise
-        store.mark_claim_sent(due.reservation_id, task_id)
-        runtime.remember_task(due.reservation_id, task_id)
+        claim = ClaimWish(due.request_id, due.reservation_id, due.computer_id, due.state, str(uuid.uuid4()))
+        wishes.append(_Wish(claim, action.task_name, vmhost_queue(due.vmhost_short_name)))
+    done.extend(_claim_and_enqueue(store, celery_app, wishes))
+    return done
+
+
+@dataclass(frozen=True)
+class _Wish:
+    claim: ClaimWish
+    task_name: str
+    queue: str
+
+
+def _claim_and_enqueue(store: VclStore, celery_app: Celery, wishes: list[_Wish]) -> list[Dispatched]:
+    """Claim all of a pass's startable requests at once, publish their tasks over one broker
+    connection, then mark the claims sent: a constant number of statements per pass. A request
+    another dispatcher claimed first is skipped; if publishing fails, the claims not yet published
+    are given back (the published ones stay, marked sent) and the error propagates."""
+    from worker import wiring as runtime
+
+    won = {c.request_id for c in store.claim_many([w.claim for w in wishes])}
+    done = [
+        Dispatched(w.claim.request_id, w.claim.reservation_id, w.claim.from_state, "skipped",
+                   reason="claimed by another dispatcher")
+        for w in wishes if w.claim.request_id not in won
+    ]  # fmt: skip
+    claimed = [w for w in wishes if w.claim.request_id in won]
+    if not claimed:
+        return done
+    failpoint("dispatch.claimed")
+    sent: list[_Wish] = []
+    try:
+        with celery_app.producer_or_acquire() as producer:
+            events = _SentEventBatch(celery_app, producer)
+            for w in claimed:
+                celery_app.send_task(
+                    w.task_name,
+                    args=[w.claim.reservation_id],
+                    queue=w.queue,
+                    task_id=w.claim.task_id,
+                    producer=producer,
+                    event_dispatcher=events,
+                )
+                sent.append(w)
+            events.flush()
+    finally:
+        # Give the unpublished requests back so the next pass (or another dispatcher) can take them.
+        if len(sent) < len(claimed):
+            store.drop_many([w.claim for w in claimed[len(sent) :]])
+        store.mark_many_sent([w.claim for w in sent])
+        runtime.remember_tasks({w.claim.reservation_id: w.claim.task_id for w in sent})
+    for w in sent:
+        c = w.claim
         log.info(
-            "request %s (%s) → %s on %s [%s]", due.request_id, due.state, action.task_name, queue, task_id
+            "request %s (%s) → %s on %s [%s]", c.request_id, c.from_state, w.task_name, w.queue, c.task_id
         )
         done.append(
             Dispatched(
-                due.request_id, due.reservation_id, due.state, "enqueued", action.task_name, task_id, queue
+                c.request_id, c.reservation_id, c.from_state, "enqueued", w.task_name, c.task_id, w.queue
             )
         )
-    grace = runtime.settings().sweep_grace if sweep_grace is None else sweep_grace
-    done.extend(sweep(store, celery_app, management_node_id, grace))
     return done
+
+
+class _SentEventBatch:
+    """The ``task-sent`` events of one pass (``task_send_sent_event``: Flower shows queued tasks) as
+    one ``task.multi`` message, the way a worker batches its own task events, instead of one
+    message per task. Celery's ``send_task`` hands each event to ``event_dispatcher.publish``;
+    this buffers it in an :class:`~celery.events.EventDispatcher` of the task group."""
+
+    def __init__(self, celery_app: Celery, producer: Any) -> None:
+        self._evd = celery_app.events.Dispatcher(
+            producer.connection, buffer_group={"task"}, buffer_limit=1_000_000
+        )
+
+    def publish(self, type: str, fields: dict[str, Any], producer: Any, **_: Any) -> None:
+        self._evd.send(type, **fields)
+
+    def flush(self) -> None:
+        self._evd.flush()
+        self._evd.close()
+
+
+def task_states(celery_app: Celery, task_ids: list[str]) -> dict[str, str]:
+    """Celery state of each task: one ``MGET`` on a key-value result backend (Redis), else one
+    lookup per task. A task the backend does not know is ``PENDING``, as ``AsyncResult.state`` says."""
+    backend = celery_app.backend
+    if task_ids and isinstance(backend, KeyValueStoreBackend):
+        try:
+            values = backend.mget([backend.get_key_for_task(t) for t in task_ids])
+        except NotImplementedError:
+            pass
+        else:
+            return {
+                t: "PENDING" if v is None else str(backend.decode_result(v)["status"])
+                for t, v in zip(task_ids, values, strict=True)
+            }
+    return {t: str(celery_app.AsyncResult(t).state) for t in task_ids}
 
 
 def _skip(due: DueRequest, reason: str) -> Dispatched:
@@ -158,12 +235,18 @@ def sweep(store: VclStore, celery_app: Celery, management_node_id: int, grace: f
 
     queued_grace = float(runtime.settings().visibility_timeout)
     done: list[Dispatched] = []
-    for claim in store.pending_claims(management_node_id):
-        action = BY_STATE.get(claim.claimed_from)
-        if action is None or not_ours(claim.perlpackage) or claim.vmhost_short_name is None:
-            continue  # not a claim of this dispatcher's kind (e.g. an image request of vcld's)
+    # Not a claim of this dispatcher's kind (e.g. an image request of vcld's): left alone.
+    ours = [
+        c for c in store.pending_claims(management_node_id)
+        if BY_STATE.get(c.claimed_from) is not None and not not_ours(c.perlpackage)
+        and c.vmhost_short_name is not None
+    ]  # fmt: skip
+    states = task_states(celery_app, [c.record.task_id for c in ours if c.record.task_id])
+    for claim in ours:
+        action = BY_STATE[claim.claimed_from]
+        assert claim.vmhost_short_name is not None
         rec = claim.record
-        task_state = str(celery_app.AsyncResult(rec.task_id).state) if rec.task_id else "PENDING"
+        task_state = states.get(rec.task_id, "PENDING")
         verdict = sweep_verdict(claim, task_state, grace, queued_grace)
         if verdict == "wait":
             continue

@@ -86,6 +86,13 @@ class InProcessKV:
             self._data[key] = (self._data[key][0], time.monotonic() + seconds)
             return True
 
+    def pipeline(self, transaction: bool = False) -> InProcessKV:
+        """Redis's non-transactional pipeline: here every command runs at once."""
+        return self
+
+    def execute(self) -> list[Any]:
+        return []
+
     def lock(
         self, name: str, timeout: float | None = None, blocking_timeout: float | None = None, **_: Any
     ) -> _Lock:

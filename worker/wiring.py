@@ -89,6 +89,17 @@ def remember_task(reservation_id: int, task_id: str) -> None:
         lock_redis().set(_TASK_KEY.format(reservation_id), task_id, ex=_TASK_KEY_TTL)
 
 
+def remember_tasks(task_ids: dict[int, str]) -> None:
+    """:func:`remember_task` for a whole dispatcher pass in one round trip."""
+    if not task_ids:
+        return
+    with suppress(redis.RedisError):
+        pipe = lock_redis().pipeline(transaction=False)
+        for reservation_id, task_id in task_ids.items():
+            pipe.set(_TASK_KEY.format(reservation_id), task_id, ex=_TASK_KEY_TTL)
+        pipe.execute()
+
+
 def task_for_reservation(reservation_id: int) -> str | None:
     raw = lock_redis().get(_TASK_KEY.format(reservation_id))
     if raw is None:

@@ -26,8 +26,8 @@ from worker.db.load import fail_request
 from worker.db.loadlog import insert_loadlog, update_log_ending
 from worker.db.requests import ClaimOutcome, VclIds, claim, dml, request_state_ids, unclaim
 
-_INFO_RE = re.compile(r"^celery task (?P<task>\S*) sent=(?P<sent>[01]) requeued=(?P<requeued>\d+)$")
-_INFO_PREFIX = "celery task "
+INFO_RE = re.compile(r"^celery task (?P<task>\S*) sent=(?P<sent>[01]) requeued=(?P<requeued>\d+)$")
+INFO_PREFIX = "celery task "
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ class ClaimRecord:
 
 
 def claim_info(task_id: str, sent: bool, requeued: int) -> str:
-    return f"{_INFO_PREFIX}{task_id} sent={int(sent)} requeued={requeued}"
+    return f"{INFO_PREFIX}{task_id} sent={int(sent)} requeued={requeued}"
 
 
 def claim_record(s: Session, ids: VclIds, reservation_id: int) -> ClaimRecord | None:
@@ -51,14 +51,14 @@ def claim_record(s: Session, ids: VclIds, reservation_id: int) -> ClaimRecord | 
         .where(
             m.ComputerLoadLog.reservationid == reservation_id,
             m.ComputerLoadLog.loadstateid == ids.loadstate(s, "begin"),
-            m.ComputerLoadLog.additionalinfo.like(f"{_INFO_PREFIX}%"),
+            m.ComputerLoadLog.additionalinfo.like(f"{INFO_PREFIX}%"),
         )
         .order_by(m.ComputerLoadLog.id.desc())
         .limit(1)
     ).one_or_none()
     if row is None:
         return None
-    found = _INFO_RE.match(row[1] or "")
+    found = INFO_RE.match(row[1] or "")
     if found is None:
         return None
     return ClaimRecord(
@@ -145,7 +145,7 @@ def drop_claim(s: Session, ids: VclIds, request_id: int, reservation_id: int, fr
         .where(
             m.ComputerLoadLog.reservationid == reservation_id,
             m.ComputerLoadLog.loadstateid == ids.loadstate(s, "begin"),
-            m.ComputerLoadLog.additionalinfo.like(f"{_INFO_PREFIX}%"),
+            m.ComputerLoadLog.additionalinfo.like(f"{INFO_PREFIX}%"),
         )
         .execution_options(synchronize_session=False)
     )

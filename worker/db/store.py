@@ -16,11 +16,13 @@ state the method is a no-op (a redelivered Celery task finishing twice); otherwi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.db import capture, claims, delegated, load, reads, reclaim, requests, schedule, sweep
+from worker.db import capture, claim_batch, claims, delegated, load, reads, reclaim, requests, schedule, sweep
+from worker.db.claim_batch import ClaimWish
 from worker.db.engine import db_now
 from worker.db.errors import ReservationNotFoundError
 from worker.db.inventory import HostInventory, host_inventory
@@ -120,6 +122,21 @@ class VclStore:
         """Undo :meth:`claim_for_task` (``send_task`` failed)."""
         with self._sf.begin() as s:
             return claims.drop_claim(s, self._ids, request_id, reservation_id, from_state)
+
+    def claim_many(self, wishes: Sequence[ClaimWish]) -> list[ClaimWish]:
+        """A dispatcher pass's claims in one transaction and a constant number of statements; returns
+        the wishes claimed (see :mod:`worker.db.claim_batch`)."""
+        with self._sf.begin() as s:
+            return claim_batch.claim_many(s, self._ids, wishes)
+
+    def mark_many_sent(self, claimed: Sequence[ClaimWish]) -> int:
+        with self._sf.begin() as s:
+            return claim_batch.mark_many_sent(s, self._ids, claimed)
+
+    def drop_many(self, claimed: Sequence[ClaimWish]) -> None:
+        """Undo :meth:`claim_many` for tasks that were never published."""
+        with self._sf.begin() as s:
+            claim_batch.drop_many(s, self._ids, claimed)
 
     def retarget_claim(self, reservation_id: int, old: claims.ClaimRecord, new_task_id: str) -> bool:
         """Hand a lost claim to ``new_task_id``; True for exactly one caller per ``old`` row."""

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from worker.db import models as m
+from worker.db.claim_batch import claim_records
 from worker.db.claims import ClaimRecord, claim_record, record_claim
 from worker.db.engine import db_now
 from worker.db.requests import VclIds
@@ -63,9 +64,10 @@ def pending_claims(s: Session, ids: VclIds, management_node_id: int) -> list[Pen
         .order_by(m.Reservation.id)
     ).all()
     now = db_now(s)
+    records = claim_records(s, ids, [int(row[1]) for row in rows])
     out: list[PendingClaim] = []
     for request_id, reservation_id, laststate, computer_id, host, perlpackage in rows:
-        rec = claim_record(s, ids, reservation_id)
+        rec = records.get(int(reservation_id))
         if rec is None and perlpackage != LIBVIRT_PERL_PACKAGE:
             continue  # not the dispatcher's computer: its claim is none of the sweep's business
         if rec is None:
