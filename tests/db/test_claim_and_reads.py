@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.db.helpers import execute, new_request
+from tests.db.helpers import execute, new_request, one, rows
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.requests import ClaimOutcome
 from worker.db.seed import SeededSite
@@ -110,3 +110,39 @@ def test_reservation_carries_how_vcl_reaches_the_guest(
             {"i": site.image_id},
         )
     assert store.load_reservation(res).connect_ports == (3389,)
+
+
+def test_connect_methods_follow_vclds_overrides(sf: sessionmaker[Session], store: VclStore) -> None:
+    """vcld's rule for ``connectmethodmap``: a revision's row overrides its OS's, an OS's row its OS
+    type's, ``disabled`` wins a tie, and ``autoprovisioned`` rows are not the image's methods."""
+    from tests.db.conftest import unique_spec
+    from worker.db.seed import seed_site
+
+    site = seed_site(sf, unique_spec())
+    _, res = new_request(sf, site)
+    os_id = one(sf, "SELECT OSid FROM image WHERE id = :i", i=site.image_id)["OSid"]
+    ids = {r["name"]: r["id"] for r in rows(sf, "SELECT id, name FROM connectmethod")}
+    ssh, rdp = ids["SSH"], ids["RDP"]
+
+    def rev_row(method: int, disabled: int) -> None:
+        execute(sf, "INSERT INTO connectmethodmap (connectmethodid, imagerevisionid, disabled) "
+                "VALUES (:m, :r, :d)", m=method, r=site.imagerevision_id, d=disabled)  # fmt: skip
+
+    assert store.load_reservation(res).connect_ports == (22,)  # the OS type's SSH
+    rev_row(rdp, 0)  # the revision adds RDP
+    assert store.load_reservation(res).connect_ports == (22, 3389)
+    rev_row(ssh, 1)  # ... and disables the OS type's SSH: only RDP is left to prove readiness
+    r = store.load_reservation(res)
+    assert r.connect_ports == (3389,) and r.readiness_port == 3389
+    execute(sf, "DELETE FROM connectmethodmap WHERE imagerevisionid = :r", r=site.imagerevision_id)
+    # An OS row disabling SSH overrides the OS type's row; an autoprovisioned row counts for nothing.
+    for method, disabled in ((ssh, 1), (rdp, 0)):
+        execute(sf, "INSERT INTO connectmethodmap (connectmethodid, OSid, disabled) VALUES (:m, :o, :d)",
+                m=method, o=os_id, d=disabled)  # fmt: skip
+    execute(sf, "INSERT INTO connectmethodmap (connectmethodid, imagerevisionid, disabled, autoprovisioned) "
+            "VALUES (:m, :r, 0, 1)", m=ssh, r=site.imagerevision_id)  # fmt: skip
+    assert store.load_reservation(res).connect_ports == (3389,)
+    rev_row(ssh, 0)  # the revision turns it back on
+    assert store.load_reservation(res).connect_ports == (22, 3389)
+    execute(sf, "DELETE FROM connectmethodmap WHERE OSid = :o OR imagerevisionid = :r",
+            o=os_id, r=site.imagerevision_id)  # fmt: skip

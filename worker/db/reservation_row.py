@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import distinct, func, or_, select
+from sqlalchemy import case, distinct, func, or_, select
 from sqlalchemy.orm import aliased
 
 from worker.db import models as m
@@ -56,20 +56,36 @@ def reservation_query(reservation_id: int) -> Any:
     ost = m.OSType
     cmm = m.connectmethodmap
     cmp = m.ConnectMethodPort
-    # TCP ports of the connect methods mapped to the image's OS type, OS or revision (VCL's
-    # connectmethodmap), as one comma list so the reservation stays a single SELECT.
-    connect_ports = (
-        select(func.group_concat(distinct(cmp.port)))
-        .select_from(cmm.join(cmp, cmp.connectmethodid == cmm.c.connectmethodid))
+    # TCP ports of the connect methods enabled for the image (VCL's connectmethodmap), as one comma
+    # list so the reservation stays a single SELECT. As vcld's get_reservation_connect_method_info
+    # reads it: the rows mapped to the image's OS type, OS or revision (autoprovisioned ones aside),
+    # and per method the last row of ORDER BY imagerevisionid, OSid, OStypeid, disabled decides
+    # (NULLs first): a revision's row overrides its OS's, an OS's its OS type's, and on a tie
+    # ``disabled`` wins. A disabled method's service is stopped, so its port never proves readiness.
+    deciding_rank = (
+        select(
+            func.max(
+                case((cmm.c.imagerevisionid.is_not(None), 8), else_=0)
+                + case((cmm.c.OSid.is_not(None), 4), else_=0)
+                + case((cmm.c.OStypeid.is_not(None), 2), else_=0)
+                + cmm.c.disabled
+            )
+        )
         .where(
-            cmm.c.disabled == 0,
-            cmp.protocol == "TCP",
+            cmm.c.connectmethodid == cmp.connectmethodid,
+            cmm.c.autoprovisioned.is_(None),
             or_(
                 cmm.c.OStypeid == ost.id,
                 cmm.c.OSid == img.OSid,
                 cmm.c.imagerevisionid == rs.imagerevisionid,
             ),
         )
+        .correlate(cmp, ost, img, rs)
+        .scalar_subquery()
+    )
+    connect_ports = (
+        select(func.group_concat(distinct(cmp.port)))
+        .where(cmp.protocol == "TCP", deciding_rank % 2 == 0)  # no row: NULL, not mapped
         .correlate(ost, img, rs)
         .scalar_subquery()
     )
