@@ -7,10 +7,11 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_pkgs=()
-# e2fsprogs..openssh-client build the test guest image offline; dnsmasq-base serves libvirt DHCP.
+# e2fsprogs..openssh-client build the test guest image offline; dnsmasq-base serves libvirt DHCP;
+# tini reaps libvirt's QEMU processes where there is no systemd (start-libvirtd.sh).
 for pkg in qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev pkg-config \
            libxml2-utils python3-venv \
-           e2fsprogs fdisk grub-pc-bin grub-common openssh-client dnsmasq-base; do
+           e2fsprogs fdisk grub-pc-bin grub-common openssh-client dnsmasq-base tini; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_pkgs+=(mariadb-server)
@@ -55,11 +56,8 @@ if ! pgrep -x virtlogd >/dev/null; then
   echo "setup-host: starting virtlogd"
   if has_systemd; then $SUDO systemctl start virtlogd; else $SUDO virtlogd -d; fi
 fi
-if ! pgrep -x libvirtd >/dev/null; then
-  echo "setup-host: starting libvirtd"
-  if has_systemd; then $SUDO systemctl start libvirtd; else $SUDO libvirtd -d; fi
-fi
-wait_for 30 virsh -c qemu:///system version || { echo "setup-host: libvirtd is not answering" >&2; exit 1; }
+# Without systemd libvirtd runs under tini (a subreaper): see start-libvirtd.sh for why.
+"$(dirname "$0")/start-libvirtd.sh"
 
 # /dev/kvm is optional: without it domains run under TCG (type='qemu').
 if [ -e /dev/kvm ]; then echo "setup-host: /dev/kvm present (KVM)"; else echo "setup-host: no /dev/kvm (TCG)"; fi

@@ -190,3 +190,18 @@ def test_reaper_keeps_live_snapshots_and_removes_dead_ones(tmp_path: Path) -> No
     # The computer moves to another revision: its old snapshot becomes an orphan.
     store.inventory = _inventory(vmpath, {("pc1", 5, 3)}, frozenset({"pc2"}))
     assert {os.path.basename(o.name) for o in replan().snapshots} == set(names["pc1"])
+
+
+def test_maintenance_removes_only_that_computers_snapshots(tmp_path: Path) -> None:
+    from worker.hypervisors.boot_snapshot_files import remove_computer_snapshots
+
+    vmpath = tmp_path.resolve()
+    mine = ["pc1_5-v2.bootsnap.json", "pc1_5-v2.bootsnap.mem", "pc1_5-v2.bootsnap.qcow2",
+            "pc1_7-v1.bootsnap.mem.part"]  # fmt: skip
+    others = ["pc10_5-v2.bootsnap.mem", "pc2_5-v2.bootsnap.json", "pc1_5-v2.qcow2", "pc1_5-v2.bootsnap.txt"]
+    for n in mine + others:
+        (vmpath / n).write_bytes(b"x")
+    removed = remove_computer_snapshots(str(vmpath), "pc1", "qcow2")
+    assert sorted(os.path.basename(p) for p in removed) == sorted(mine)
+    assert os.path.basename(removed[0]).endswith(".json")  # the manifest first: never half a set
+    assert {p.name for p in vmpath.iterdir()} == set(others)

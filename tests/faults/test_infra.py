@@ -16,6 +16,7 @@ import pytest
 
 from worker.app import app, vmhost_queue
 from worker.db.seed import SiteSpec, seed_site
+from worker.devkit.commands import REPO_ROOT
 from worker.devkit.services import wait_until
 from worker.devkit.site import SiteRequests
 
@@ -70,8 +71,8 @@ def test_libvirtd_restart_during_loads(fstack: FaultStack) -> None:
             COUNTERS["faults injected"] += 1
             time.sleep(3)
         finally:
-            if _libvirtd_pid() is None:
-                subprocess.run(["libvirtd", "-d"], check=True)
+            if _libvirtd_pid() is None:  # the way make setup starts it (under tini without systemd)
+                subprocess.run([str(REPO_ROOT / "scripts" / "start-libvirtd.sh")], check=True)
             wait_until(_libvirtd_up, 60, "libvirtd to answer")
         values = [r.get(timeout=300, propagate=False) for r in results]
         log = worker.tail(200000)

@@ -38,7 +38,7 @@ from worker.hypervisors.guest_access import GuestAnswer, wait_until_answering
 from worker.hypervisors.host import LibvirtHost
 from worker.hypervisors.layout import Layout
 from worker.hypervisors.lifecycle import remove_domain
-from worker.hypervisors.postload import GuestShell, login_for
+from worker.hypervisors.postload import GuestShell, PostLoadError
 from worker.hypervisors.progress import Progress
 from worker.hypervisors.readiness import wait_for_port
 
@@ -101,10 +101,11 @@ class BootSnapshot:
             mark("snapshot_restore")
             progress("startvm", f"restored domain {name} from its boot snapshot")
             quick = dataclasses.replace(self.settings, ready_timeout=RESTORE_READY_SECONDS)
-            answer = wait_until_answering(self.host, name, self.layout.reservation, self._mac, quick)
+            # The clock is set on post-load's own SSH session, before post-load writes its files.
+            answer = wait_until_answering(
+                self.host, name, self.layout.reservation, self._mac, quick, first=self.set_clock
+            )
             mark("guest_ready")
-            self.sync_clock(answer)
-            mark("clock_sync")
         except (ProvisioningError, OSError) as exc:
             log.warning("restore of %s failed, booting cold instead: %s", name, exc)
             self._undo()
@@ -131,24 +132,18 @@ class BootSnapshot:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.layout.cow_path)
 
-    def sync_clock(self, answer: GuestAnswer) -> float | None:
-        """Set the guest's clock to the host's; returns how far behind it was (None: no login).
+    def set_clock(self, shell: GuestShell) -> None:
+        """Set the guest's clock to the host's (``date -u -s @<host time>``) on an open session.
 
         The resumed guest's clock stands where it stood at the save. Images without a guest agent
-        cannot be reached through libvirt's virDomainSetTime, so this uses the post-load login."""
-        login = login_for(self.layout.reservation, answer.address)
-        if login is None:
-            return None
+        cannot be reached through libvirt's virDomainSetTime, so this uses the post-load login. A
+        refused ``date`` only warns; a lost connection propagates (post-load retries the session)."""
         try:
-            with GuestShell(login) as shell:
-                _status, out = shell.run(["date", "+%s"])
-                behind = time.time() - float(out.strip() or "nan")
-                shell.check(["date", "-u", "-s", f"@{round(time.time())}"])
-        except (ProvisioningError, ValueError) as exc:
-            log.warning("%s: guest clock not set after the restore: %s", answer.address, exc)
-            return None
-        log.info("%s: guest clock was %.1f s behind after the restore; set", answer.address, behind)
-        return behind
+            shell.check(["date", "-u", "-s", f"@{round(time.time())}"])
+        except PostLoadError as exc:
+            log.warning("%s: guest clock not set after the restore: %s", shell.login.address, exc)
+            return
+        log.info("%s: guest clock set after the restore", shell.login.address)
 
     # ------------------------------------------------------------------ save
     def save(self, guest: Guest, answer: GuestAnswer, mark: Mark) -> dict[str, Any] | None:

@@ -187,6 +187,29 @@ def fsync_file(path: str) -> None:
         os.close(fd)
 
 
+def remove_computer_snapshots(vm_path: str, computer_short_name: str, imagetype: str) -> list[str]:
+    """Every boot snapshot of one computer in ``vm_path`` (all revisions, partial files too), manifests
+    first so that no half-removed set is ever restored; the paths removed. Maintenance calls this: a
+    computer leaving its host must not leave its memory states behind until the reaper runs."""
+    pattern = file_re(imagetype)
+    ours = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(vm_path):
+            found = pattern.match(entry.name)
+            if (
+                found is not None
+                and found["short"] == computer_short_name
+                and entry.is_file(follow_symlinks=False)
+            ):
+                ours.append(entry.path)
+    removed = []
+    for path in sorted(ours, key=lambda p: not p.endswith(".json")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
 def disk_cost(vm_path: str, imagetype: str = "qcow2") -> dict[str, int]:
     """Bytes allocated by boot snapshots in ``vm_path``: memory states, disks, and their count."""
     pattern = file_re(imagetype)
@@ -212,6 +235,7 @@ __all__ = [
     "fsync_file",
     "made_from",
     "read_manifest",
+    "remove_computer_snapshots",
     "snapshot_files",
     "stale_reason",
     "write_manifest",

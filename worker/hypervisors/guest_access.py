@@ -76,9 +76,15 @@ def find_address(
 
 
 def wait_until_answering(
-    host: LibvirtHost, domain_name: str, r: Reservation, mac: str | None, settings: Settings
+    host: LibvirtHost,
+    domain_name: str,
+    r: Reservation,
+    mac: str | None,
+    settings: Settings,
+    first: postload.SessionStep | None = None,
 ) -> GuestAnswer:
-    """Wait (bounded by :func:`readiness_timeout`) for the guest to answer, then run post-load."""
+    """Wait (bounded by :func:`readiness_timeout`) for the guest to answer, then run post-load;
+    ``first`` runs in the guest before it, on post-load's own SSH session where post-load is ``ssh``."""
     budget = readiness_timeout(r, settings)
     start = time.monotonic()
     address = find_address(host, domain_name, r, mac, budget)
@@ -87,18 +93,26 @@ def wait_until_answering(
     log.info(
         "%s answered on %s:%s after %.1f s %s", domain_name, address, r.readiness_port, answered, ready.banner
     )
-    post = _run_post_load(r, address, settings, deadline=start + budget)
+    post = _run_post_load(r, address, settings, start + budget, first)
     return GuestAnswer(address, r.readiness_port, ready.banner, round(answered, 3), round(post, 3))
 
 
-def _run_post_load(r: Reservation, address: str, settings: Settings, deadline: float) -> float:
+def _run_post_load(
+    r: Reservation, address: str, settings: Settings, deadline: float, first: postload.SessionStep | None
+) -> float:
     step = postload.resolve_post_load(settings.post_load)
-    if step is None:
+    if step is None and first is None:
         return 0.0
     t0 = time.monotonic()
     while True:
         try:
-            step(r, address)
+            if step is postload.ssh_post_load:
+                postload.ssh_post_load(r, address, first)  # one login for both
+            else:
+                if first is not None:
+                    _first_alone(r, address, first)
+                if step is not None:
+                    step(r, address)
             return time.monotonic() - t0
         except TransientError as exc:
             # sshd may answer its banner a moment before it accepts logins: retry within the budget.
@@ -107,6 +121,15 @@ def _run_post_load(r: Reservation, address: str, settings: Settings, deadline: f
                     f"post-load on {address} failed until the deadline: {exc}"
                 ) from exc
             time.sleep(1.0)
+
+
+def _first_alone(r: Reservation, address: str, first: postload.SessionStep) -> None:
+    """``first`` on a session of its own (post-load is not ``ssh``): best effort, as it adds to a
+    post-load that does not log in itself."""
+    try:
+        postload.in_session(r, address, first)
+    except (TransientError, PermanentError) as exc:
+        log.warning("%s: no SSH session before post-load: %s", address, exc)
 
 
 def probe_status(host: LibvirtHost, domain_name: str, r: Reservation, mac: str | None) -> str:

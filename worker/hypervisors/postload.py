@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import logging
 import shlex
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ POST_LOAD_MARK = "vcld_post_load"
 TAINTED_MARK = "vcld_tainted"
 
 PostLoadStep = Callable[[Reservation, str], None]
+# Commands run on an open session before post-load's own (a restore sets the guest's clock so).
+SessionStep = Callable[["GuestShell"], None]
 
 
 class PostLoadError(PermanentError):
@@ -63,6 +66,16 @@ class GuestShell:
         self._client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
 
     def __enter__(self) -> GuestShell:
+        target = f"ssh {self.login.user}@{self.login.address}:{self.login.port}"
+        try:
+            sock = socket.create_connection(
+                (self.login.address, self.login.port), timeout=self.login.connect_timeout
+            )
+        except OSError as exc:
+            raise GuestUnreachableError(f"{target}: {type(exc).__name__}: {exc}") from exc
+        # Every command is a few small SSH packets (exec request, stdin, EOF): with Nagle's algorithm
+        # each waits for the guest's delayed ACK, ~40 ms a command (measured: 57 ms -> 15 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self._client.connect(
                 self.login.address,
@@ -75,11 +88,12 @@ class GuestShell:
                 timeout=self.login.connect_timeout,
                 banner_timeout=self.login.connect_timeout,
                 auth_timeout=self.login.connect_timeout,
+                sock=sock,
             )
         except (paramiko.SSHException, OSError) as exc:
-            raise GuestUnreachableError(
-                f"ssh {self.login.user}@{self.login.address}:{self.login.port}: {type(exc).__name__}: {exc}"
-            ) from exc
+            self._client.close()
+            sock.close()
+            raise GuestUnreachableError(f"{target}: {type(exc).__name__}: {exc}") from exc
         return self
 
     def __exit__(
@@ -139,18 +153,32 @@ def login_for(r: Reservation, address: str, port: int = 22) -> GuestLogin | None
     return GuestLogin(address=address, key_files=r.management_node_keys, port=port)
 
 
-def ssh_post_load(r: Reservation, address: str) -> None:
-    """Default post-load: hostname = the computer's short name, currentimage.txt recorded."""
+def ssh_post_load(r: Reservation, address: str, first: SessionStep | None = None) -> None:
+    """Default post-load: hostname = the computer's short name, currentimage.txt recorded.
+
+    ``first`` runs on the same SSH session before that (one login instead of two)."""
     login = login_for(r, address)
     if login is None:
         log.info("%s: management node has no SSH keys; post-load skipped", r.computer_short_name)
         return
     started = time.monotonic()
     with GuestShell(login) as shell:
+        if first is not None:
+            first(shell)
         shell.check(["hostname", r.computer_short_name])
         shell.check(["tee", "/etc/hostname"], stdin=r.computer_short_name + "\n")
         shell.check(["tee", CURRENTIMAGE_PATH], stdin=currentimage_text(r, datetime.now(UTC)))
     log.info("%s: post-load done in %.1f s", r.computer_short_name, time.monotonic() - started)
+
+
+def in_session(r: Reservation, address: str, step: SessionStep) -> bool:
+    """Run ``step`` on its own SSH session; False (nothing run) when there is no identity to log in."""
+    login = login_for(r, address)
+    if login is None:
+        return False
+    with GuestShell(login) as shell:
+        step(shell)
+    return True
 
 
 def read_currentimage(r: Reservation, address: str) -> dict[str, str] | None:

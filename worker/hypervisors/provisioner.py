@@ -8,11 +8,13 @@ done by one module per responsibility: :mod:`.layout` (names, paths, validation)
 
 from __future__ import annotations
 
+import logging
 import re
 
 from worker.config import Settings, get_settings
 from worker.hypervisors import capture as capture_module
 from worker.hypervisors import load as load_module
+from worker.hypervisors.boot_snapshot_files import remove_computer_snapshots
 from worker.hypervisors.capture import CaptureResult
 from worker.hypervisors.domain_spec import resolve_switch
 from worker.hypervisors.drivers.base import Driver, select_driver
@@ -24,6 +26,8 @@ from worker.hypervisors.lifecycle import NodeStatus, node_status, remove_compute
 from worker.hypervisors.load import LoadResult
 from worker.hypervisors.progress import Progress, ProgressCallback, ProgressEvent
 from worker.reservation import Reservation
+
+log = logging.getLogger(__name__)
 
 # vcld checks the vmprofile's switches before the states that build a domain
 _NETWORK_CHECK_STATES = re.compile(r"(new|reload|reinstall|test)")
@@ -89,13 +93,16 @@ class LibvirtProvisioner:
         return node_status(self.host, self.layout, self.settings.qemu_img_info_timeout, probe_guest=probe)
 
     def post_maintenance_action(self) -> list[str]:
-        """Delete this computer's domains and overlays; the DB side (noimage, vmhostid NULL) is the task's."""
-        return remove_computer_domains(
-            self.host,
-            self.reservation.computer_short_name,
-            self.reservation.request_state == "image",
-            self.settings.roots,
+        """Delete this computer's domains, overlays and boot snapshots; the DB side (noimage,
+        vmhostid NULL) is the task's. Returns the domains removed."""
+        short = self.reservation.computer_short_name
+        removed = remove_computer_domains(
+            self.host, short, self.reservation.request_state == "image", self.settings.roots
         )
+        snapshots = remove_computer_snapshots(self.layout.vm_path, short, self.layout.datastore_imagetype)
+        if snapshots:
+            log.info("maintenance of %s removed its boot snapshots: %s", short, snapshots)
+        return removed
 
     # ------------------------------------------------------------------ load / capture
     def load(self, progress: ProgressCallback | None = None) -> LoadResult:
