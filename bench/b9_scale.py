@@ -12,6 +12,7 @@ bench/results/b9_scale.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import time
@@ -135,9 +136,48 @@ def _finish_round(stack: Stack) -> None:
                   "WHERE type='virtualmachine'")  # fmt: skip
 
 
+_CpuSample = dict[str, dict[tuple[int, float], float]]
+
+
+def _cpu_sample(stack: Stack) -> _CpuSample:
+    """Cumulative CPU seconds (own + reaped children, e.g. qemu-img) per process of each component."""
+    import psutil
+
+    groups: dict[str, list[Any]] = {"workers": [], "mariadb": [], "redis": [], "bench process": []}
+    for w in stack.workers:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(w.proc.pid)
+            groups["workers"] += [proc, *proc.children(recursive=True)]
+    for proc in psutil.process_iter(["name"]):
+        name = proc.info["name"] or ""
+        if name in ("mariadbd", "mysqld"):
+            groups["mariadb"].append(proc)
+        elif name == "redis-server":
+            groups["redis"].append(proc)
+    groups["bench process"].append(psutil.Process())
+    out: _CpuSample = {}
+    for group, procs in groups.items():
+        out[group] = {}
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total = t.user + t.system + t.children_user + t.children_system
+                out[group][(proc.pid, proc.create_time())] = total
+    return out
+
+
+def _cpu_used(before: _CpuSample, after: _CpuSample) -> dict[str, float]:
+    """CPU seconds each component used between two samples (a process new since ``before`` counts whole)."""
+    return {
+        group: round(sum(t - before.get(group, {}).get(key, 0.0) for key, t in procs.items()), 2)
+        for group, procs in after.items()
+    }
+
+
 def one_round(stack: Stack, hosts: list[Host], n: int) -> dict[str, Any]:
     _insert_due(stack, hosts, n)
     app = _TimedApp(stack.app)
+    cpu_before = _cpu_sample(stack)
     t0, cpu0 = time.perf_counter(), time.process_time()
     done = dispatch_once(stack.store, app, stack.site.management_node_id)  # type: ignore[arg-type]
     dispatch_s, dispatch_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
@@ -171,6 +211,8 @@ def one_round(stack: Stack, hosts: list[Host], n: int) -> dict[str, Any]:
         latencies.append(end - app.sent[str(d.task_id)])
     first_sent = min(app.sent.values())
     wall = max(finished_at) - first_sent if finished_at else float("nan")
+    # Who used the machine's CPU during the round: if the workers hold most of it, they are the limit.
+    cpu = _cpu_used(cpu_before, _cpu_sample(stack))
     _finish_round(stack)
     return {
         "reservations": n,
@@ -184,6 +226,10 @@ def one_round(stack: Stack, hosts: list[Host], n: int) -> dict[str, Any]:
         "latency_p50_s": round(_pct(latencies, 0.5), 3),
         "latency_p99_s": round(_pct(latencies, 0.99), 3),
         "failures": failures,
+        "cpu_s": cpu,
+        "cpu_share": {k: round(v / sum(cpu.values()), 3) for k, v in cpu.items()}
+        if sum(cpu.values())
+        else {},
     }
 
 
@@ -230,7 +276,7 @@ def run(sizes: tuple[int, ...] = (100, 1000), host_counts: tuple[int, ...] = (2,
                 print(f"  B9 {n} due on {k} hosts: dispatch {r['dispatch_pass_s']:.3f} s "
                       f"(next pass {r['next_pass_s']:.3f} s, {r['next_pass_pending_claims']} pending), "
                       f"{r['throughput_res_per_s']:.1f} res/s, p50 {r['latency_p50_s']:.1f} s, "
-                      f"p99 {r['latency_p99_s']:.1f} s", flush=True)  # fmt: skip
+                      f"p99 {r['latency_p99_s']:.1f} s; CPU share {r['cpu_share']}", flush=True)  # fmt: skip
         rss = _rss_mib(stack)
     big = max(rounds, key=lambda r: (r["hosts"], r["reservations"]))
     out = {
@@ -298,6 +344,11 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     f"{x['throughput_res_per_s']:.1f} res/s",
                     f"p50 {x['latency_p50_s']:.1f} s, p99 {x['latency_p99_s']:.1f} s", "-",
                     target))  # fmt: skip
+    for x in r["rounds"]:
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in x.get("cpu_share", {}).items())
+        out.append((f"B9 CPU during the round, {x['reservations']} due on {x['hosts']} hosts", shares,
+                    f"{sum(x.get('cpu_s', {}).values()):.0f} CPU s in {x['enqueue_to_last_success_s']:.0f} s",
+                    "-", "-"))  # fmt: skip
     return out
 
 
