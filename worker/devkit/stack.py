@@ -11,6 +11,7 @@ import os
 import random
 import re
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ import libvirt
 import redis
 from celery import Celery
 from celery.result import AsyncResult
+from filelock import FileLock, Timeout
 from sqlalchemy import Engine
 
 from worker import wiring
@@ -241,10 +243,48 @@ def open_stack(config: StackConfig, cls: type[S], **extra: Any) -> Iterator[S]:
         stack.close()
 
 
+#: How long a stack waits for another process's stacks to free the Redis DBs it needs.
+REDIS_DB_WAIT_S = 3600.0
+# Redis DBs this process's open stacks hold: (port, db) -> [file lock, number of stacks using it].
+_held_dbs: dict[tuple[int, int], list[Any]] = {}
+
+
+def _hold_redis_dbs(config: StackConfig, cleanup: contextlib.ExitStack) -> None:
+    """A stack flushes its Redis DBs and owns their queues: two processes' stacks on the same DBs
+    (two suites, or a suite and a benchmark, run at once) would flush each other's tasks. Each DB is
+    held with a file lock (per server port and DB, taken in DB order) until the stack is closed, so
+    the second process waits. Stacks of one process share their holds (a session stack and a
+    module's stack on the same DBs run one test at a time)."""
+    port = int(redis.Redis.from_url(config.redis_url).connection_pool.connection_kwargs.get("port", 6379))
+    for db in sorted(set(config.redis_dbs)):
+        key = (port, db)
+        if key not in _held_dbs:
+            lock = FileLock(os.path.join(tempfile.gettempdir(), f"vcl-worker-redis-{port}-db{db}.lock"))
+            try:
+                lock.acquire(timeout=REDIS_DB_WAIT_S)
+            except Timeout:
+                raise RuntimeError(
+                    f"Redis DB {db} on port {port} stayed in use by another process's test stack "
+                    f"for {REDIS_DB_WAIT_S:.0f} s"
+                ) from None
+            _held_dbs[key] = [lock, 0]
+        _held_dbs[key][1] += 1
+        cleanup.callback(_release_redis_db, key)
+
+
+def _release_redis_db(key: tuple[int, int]) -> None:
+    held = _held_dbs[key]
+    held[1] -= 1
+    if held[1] == 0:
+        del _held_dbs[key]
+        held[0].release()
+
+
 def _build(config: StackConfig, cls: type[S], cleanup: contextlib.ExitStack, extra: dict[str, Any]) -> S:
     def defer(fn: Callable[..., object], *args: Any) -> None:
         cleanup.callback(_quietly, fn, *args)
 
+    _hold_redis_dbs(config, cleanup)
     prefix = config.prefix
     db_url = create_test_database(f"vcl{config.tag}", port=config.mariadb_port)
     defer(drop_test_database, db_url)
