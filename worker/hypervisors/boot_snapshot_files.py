@@ -168,18 +168,11 @@ def write_manifest(files: SnapshotFiles, record: dict[str, Any], extra: dict[str
         fh.flush()
         os.fsync(fh.fileno())
     os.rename(tmp, files.manifest)
-    _fsync_dir(os.path.dirname(files.manifest))
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(os.path.dirname(files.manifest))
 
 
 def fsync_file(path: str) -> None:
+    """fsync a file, or a directory (its entries: a rename made durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
