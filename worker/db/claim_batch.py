@@ -15,22 +15,17 @@ Functions take an open session; :class:`~worker.db.store.VclStore` owns the tran
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from worker.db import models as m
-from worker.db.claims import INFO_PREFIX, INFO_RE, ClaimRecord, claim_info
+from worker.db.claims import chunks, claim_info
 from worker.db.engine import db_now
 from worker.db.errors import StateConflictError
 from worker.db.requests import VclIds, dml
-
-#: Longest ``IN (…)`` list per statement: far below MariaDB's packet limit, few statements per pass.
-CHUNK = 1000
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +43,6 @@ class ClaimWish:
         return claim_info(self.task_id, False, 0)
 
 
-def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
-    for i in range(0, len(items), CHUNK):
-        yield items[i : i + CHUNK]
-
-
 def _by_state(wishes: Iterable[ClaimWish]) -> dict[str, list[ClaimWish]]:
     groups: dict[str, list[ClaimWish]] = defaultdict(list)
     for w in wishes:
@@ -68,7 +58,7 @@ def claim_many(s: Session, ids: VclIds, wishes: Sequence[ClaimWish]) -> list[Cla
         return []
     pending = ids.state(s, "pending")
     locked: dict[int, int] = {}
-    for part in _chunks(wishes):
+    for part in chunks(wishes):
         rows = s.execute(
             select(m.Request.id, m.Request.stateid)
             .where(m.Request.id.in_([w.request_id for w in part]))
@@ -78,7 +68,7 @@ def claim_many(s: Session, ids: VclIds, wishes: Sequence[ClaimWish]) -> list[Cla
     won = [w for w in wishes if locked.get(w.request_id) == ids.state(s, w.from_state)]
     for from_state, group in _by_state(won).items():
         from_id = ids.state(s, from_state)
-        for part in _chunks(group):
+        for part in chunks(group):
             request_ids = [w.request_id for w in part]
             changed = dml(
                 s,
@@ -122,7 +112,7 @@ def mark_many_sent(s: Session, ids: VclIds, claimed: Sequence[ClaimWish]) -> int
     """Mark the ``begin`` rows of ``claimed`` sent, each only while it is still exactly the unsent row
     of its own task (the task id makes every info unique); returns how many were marked."""
     marked = 0
-    for part in _chunks(claimed):
+    for part in chunks(claimed):
         marked += dml(
             s,
             update(m.ComputerLoadLog)
@@ -137,7 +127,7 @@ def drop_many(s: Session, ids: VclIds, claimed: Sequence[ClaimWish]) -> None:
     """Undo :func:`claim_many` for tasks that were never published: their ``begin`` rows go and each
     request goes back to the state it was claimed from (only while still ``pending/<from>``)."""
     pending = ids.state(s, "pending")
-    for part in _chunks(claimed):
+    for part in chunks(claimed):
         s.execute(
             delete(m.ComputerLoadLog)
             .where(*_begin_rows_of(s, ids, part))
@@ -145,7 +135,7 @@ def drop_many(s: Session, ids: VclIds, claimed: Sequence[ClaimWish]) -> None:
         )
     for from_state, group in _by_state(claimed).items():
         from_id = ids.state(s, from_state)
-        for part in _chunks(group):
+        for part in chunks(group):
             s.execute(
                 update(m.Request)
                 .where(
@@ -158,33 +148,4 @@ def drop_many(s: Session, ids: VclIds, claimed: Sequence[ClaimWish]) -> None:
             )
 
 
-def claim_records(s: Session, ids: VclIds, reservation_ids: Sequence[int]) -> dict[int, ClaimRecord]:
-    """The newest claim row of each reservation (as :func:`~worker.db.claims.claim_record`), in one
-    query per :data:`CHUNK` reservations."""
-    out: dict[int, ClaimRecord] = {}
-    for part in _chunks(reservation_ids):
-        rows = s.execute(
-            select(
-                m.ComputerLoadLog.id,
-                m.ComputerLoadLog.reservationid,
-                m.ComputerLoadLog.additionalinfo,
-                m.ComputerLoadLog.timestamp,
-            )
-            .where(
-                m.ComputerLoadLog.reservationid.in_(part),
-                m.ComputerLoadLog.loadstateid == ids.loadstate(s, "begin"),
-                m.ComputerLoadLog.additionalinfo.like(f"{INFO_PREFIX}%"),
-            )
-            .order_by(m.ComputerLoadLog.id)
-        ).all()
-        newest = {int(res): (row_id, info, ts) for row_id, res, info, ts in rows}
-        for res_id, (row_id, info, ts) in newest.items():
-            found = INFO_RE.match(info or "")
-            if found is not None:
-                out[res_id] = ClaimRecord(
-                    int(row_id), found["task"], found["sent"] == "1", int(found["requeued"]), str(info), ts
-                )
-    return out
-
-
-__all__ = ["CHUNK", "ClaimWish", "claim_many", "claim_records", "drop_many", "mark_many_sent"]
+__all__ = ["ClaimWish", "claim_many", "drop_many", "mark_many_sent"]

@@ -14,8 +14,10 @@ Functions take an open session; :class:`~worker.db.store.VclStore` owns the tran
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -28,6 +30,16 @@ from worker.db.requests import ClaimOutcome, VclIds, claim, dml, request_state_i
 
 INFO_RE = re.compile(r"^celery task (?P<task>\S*) sent=(?P<sent>[01]) requeued=(?P<requeued>\d+)$")
 INFO_PREFIX = "celery task "
+
+
+#: Longest ``IN (…)`` list per statement: far below MariaDB's packet limit, few statements per pass.
+CHUNK = 1000
+_T = TypeVar("_T")
+
+
+def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for i in range(0, len(items), CHUNK):
+        yield items[i : i + CHUNK]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,24 +58,36 @@ def claim_info(task_id: str, sent: bool, requeued: int) -> str:
 
 def claim_record(s: Session, ids: VclIds, reservation_id: int) -> ClaimRecord | None:
     """The newest claim row of the reservation, or ``None``."""
-    row = s.execute(
-        select(m.ComputerLoadLog.id, m.ComputerLoadLog.additionalinfo, m.ComputerLoadLog.timestamp)
-        .where(
-            m.ComputerLoadLog.reservationid == reservation_id,
-            m.ComputerLoadLog.loadstateid == ids.loadstate(s, "begin"),
-            m.ComputerLoadLog.additionalinfo.like(f"{INFO_PREFIX}%"),
-        )
-        .order_by(m.ComputerLoadLog.id.desc())
-        .limit(1)
-    ).one_or_none()
-    if row is None:
-        return None
-    found = INFO_RE.match(row[1] or "")
-    if found is None:
-        return None
-    return ClaimRecord(
-        int(row[0]), found["task"], found["sent"] == "1", int(found["requeued"]), str(row[1]), row[2]
-    )
+    return claim_records(s, ids, [reservation_id]).get(reservation_id)
+
+
+def claim_records(s: Session, ids: VclIds, reservation_ids: Sequence[int]) -> dict[int, ClaimRecord]:
+    """The newest claim row of each reservation that has one, in one query per :data:`CHUNK`
+    reservations (the sweep reads all of a pass's claims at once)."""
+    out: dict[int, ClaimRecord] = {}
+    for part in chunks(reservation_ids):
+        rows = s.execute(
+            select(
+                m.ComputerLoadLog.id,
+                m.ComputerLoadLog.reservationid,
+                m.ComputerLoadLog.additionalinfo,
+                m.ComputerLoadLog.timestamp,
+            )
+            .where(
+                m.ComputerLoadLog.reservationid.in_(part),
+                m.ComputerLoadLog.loadstateid == ids.loadstate(s, "begin"),
+                m.ComputerLoadLog.additionalinfo.like(f"{INFO_PREFIX}%"),
+            )
+            .order_by(m.ComputerLoadLog.id)
+        ).all()
+        newest = {int(res): (row_id, info, ts) for row_id, res, info, ts in rows}
+        for res_id, (row_id, info, ts) in newest.items():
+            found = INFO_RE.match(info or "")
+            if found is not None:
+                out[res_id] = ClaimRecord(
+                    int(row_id), found["task"], found["sent"] == "1", int(found["requeued"]), str(info), ts
+                )
+    return out
 
 
 def _computer_of(s: Session, reservation_id: int) -> int | None:
@@ -189,10 +213,13 @@ def fail_stranded(s: Session, ids: VclIds, reservation_id: int, task_id: str | N
 
 
 __all__ = [
+    "CHUNK",
     "ClaimRecord",
+    "chunks",
     "claim_for_task",
     "claim_info",
     "claim_record",
+    "claim_records",
     "drop_claim",
     "fail_stranded",
     "mark_sent",

@@ -14,8 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from worker.db import models as m
-from worker.db.claim_batch import claim_records
-from worker.db.claims import ClaimRecord, claim_record, record_claim
+from worker.db.claims import ClaimRecord, claim_record, claim_records, record_claim
 from worker.db.engine import db_now
 from worker.db.requests import VclIds
 from worker.db.reservation_row import LIBVIRT_PERL_PACKAGE, short_name
