@@ -143,11 +143,8 @@ def _cpu_sample(stack: Stack) -> _CpuSample:
     """Cumulative CPU seconds (own + reaped children, e.g. qemu-img) per process of each component."""
     import psutil
 
-    groups: dict[str, list[Any]] = {"workers": [], "mariadb": [], "redis": [], "bench process": []}
-    for w in stack.workers:
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(w.proc.pid)
-            groups["workers"] += [proc, *proc.children(recursive=True)]
+    groups: dict[str, list[Any]] = {"workers": _worker_processes(stack), "mariadb": [], "redis": [],
+                                    "bench process": []}  # fmt: skip
     for proc in psutil.process_iter(["name"]):
         name = proc.info["name"] or ""
         if name in ("mariadbd", "mysqld"):
@@ -293,14 +290,20 @@ def run(sizes: tuple[int, ...] = (100, 1000), host_counts: tuple[int, ...] = (2,
     return out
 
 
-def _rss_mib(stack: Stack) -> float:
+def _worker_processes(stack: Stack) -> list[Any]:
+    """Every worker process of the stack with its children (prefork pool, qemu-img)."""
     import psutil
 
-    total = 0
+    procs: list[Any] = []
     for w in stack.workers:
-        proc = psutil.Process(w.proc.pid)
-        total += sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
-    return round(total / 2**20, 0)
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(w.proc.pid)
+            procs += [proc, *proc.children(recursive=True)]
+    return procs
+
+
+def _rss_mib(stack: Stack) -> float:
+    return round(sum(p.memory_info().rss for p in _worker_processes(stack)) / 2**20, 0)
 
 
 def plot(rounds: list[dict[str, Any]], path: Path) -> None:

@@ -84,13 +84,12 @@ def vmhost_for_reservation(reservation_id: int) -> str | None:
 
 def remember_task(reservation_id: int, task_id: str) -> None:
     """Record the newest task of a reservation so ``vcl-worker status`` can find it."""
-    # Bookkeeping only: never fail a task or a dispatch for it.
-    with suppress(redis.RedisError):
-        lock_redis().set(_TASK_KEY.format(reservation_id), task_id, ex=_TASK_KEY_TTL)
+    remember_tasks({reservation_id: task_id})
 
 
 def remember_tasks(task_ids: dict[int, str]) -> None:
     """:func:`remember_task` for a whole dispatcher pass in one round trip."""
+    # Bookkeeping only: never fail a task or a dispatch for it.
     if not task_ids:
         return
     with suppress(redis.RedisError):
