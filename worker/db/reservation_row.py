@@ -8,9 +8,9 @@ row, with the ids involved.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import case, distinct, func, or_, select
+from sqlalchemy import Select, case, distinct, func, or_, select
 from sqlalchemy.orm import aliased
 
 from worker.db import models as m
@@ -34,6 +34,26 @@ WORKER_PERL_PACKAGES: tuple[str, ...] = (LIBVIRT_PERL_PACKAGE, BRIDGE_PERL_PACKA
 def short_name(hostname: str) -> str:
     """``hostname`` up to the first ``.`` (DataStructure SHORTNAME)."""
     return hostname.split(".", 1)[0]
+
+
+#: The VM host's own ``computer`` row, as :func:`join_vmhost_and_module` joins it (its hostname routes).
+VMHOST_COMPUTER = aliased(m.Computer, name="hc")
+_RES_COMPUTER = aliased(m.Computer, name="c")
+_Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
+
+
+def join_vmhost_and_module(stmt: _Query, computer_id: Any) -> _Query:
+    """Outer-join the reservation's computer ``computer_id`` to its VM host's computer row
+    (:data:`VMHOST_COMPUTER`) and to its provisioning ``module`` (whose computer it is): what the
+    dispatcher needs of every due request and pending claim."""
+    c = _RES_COMPUTER
+    return (
+        stmt.outerjoin(c, c.id == computer_id)
+        .outerjoin(m.VMHost, m.VMHost.id == c.vmhostid)
+        .outerjoin(VMHOST_COMPUTER, VMHOST_COMPUTER.id == m.VMHost.computerid)
+        .outerjoin(m.Provisioning, m.Provisioning.id == c.provisioningid)
+        .outerjoin(m.Module, m.Module.id == m.Provisioning.moduleid)
+    )
 
 
 def reservation_query(reservation_id: int) -> Any:

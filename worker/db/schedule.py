@@ -20,7 +20,7 @@ from worker.db import models as m
 from worker.db.engine import db_now, is_sqlite
 from worker.db.errors import VclDataError
 from worker.db.requests import VCL_STATE_NAMES, dml
-from worker.db.reservation_row import short_name
+from worker.db.reservation_row import VMHOST_COMPUTER, join_vmhost_and_module, short_name
 
 #: States ``bin/vcld`` accepts at all (anything else is logged and skipped).
 ALLOWED_REQUEST_STATES: tuple[str, ...] = (
@@ -168,8 +168,6 @@ def _due_query(s: Session, management_node_id: int, now: datetime | None) -> Any
     """
     st = aliased(m.State, name="st")
     lst = aliased(m.State, name="lst")
-    c = aliased(m.Computer, name="c")
-    hc = aliased(m.Computer, name="hc")
     rq = m.Request
     rs = m.Reservation
 
@@ -205,7 +203,7 @@ def _due_query(s: Session, management_node_id: int, now: datetime | None) -> Any
         .correlate(rq)
         .scalar_subquery()
     )
-    return (
+    query = (
         select(
             rq.id.label("request_id"),
             rs.id.label("reservation_id"),
@@ -216,7 +214,7 @@ def _due_query(s: Session, management_node_id: int, now: datetime | None) -> Any
             rq.preload.label("preload"),
             rs.lastcheck.label("lastcheck"),
             rs.computerid.label("computer_id"),
-            hc.hostname.label("vmhost_hostname"),
+            VMHOST_COMPUTER.hostname.label("vmhost_hostname"),
             m.Module.perlpackage.label("perlpackage"),
             m.ServerRequest.id.label("serverrequest_id"),
             # The changelog poll only matters for inuse; skip the subquery for other states.
@@ -227,11 +225,9 @@ def _due_query(s: Session, management_node_id: int, now: datetime | None) -> Any
         .join(rq, rq.id == rs.requestid)
         .join(st, st.id == rq.stateid)
         .join(lst, lst.id == rq.laststateid)
-        .outerjoin(c, c.id == rs.computerid)
-        .outerjoin(m.VMHost, m.VMHost.id == c.vmhostid)
-        .outerjoin(hc, hc.id == m.VMHost.computerid)
-        .outerjoin(m.Provisioning, m.Provisioning.id == c.provisioningid)
-        .outerjoin(m.Module, m.Module.id == m.Provisioning.moduleid)
+    )
+    return (
+        join_vmhost_and_module(query, rs.computerid)
         .outerjoin(m.ServerRequest, m.ServerRequest.requestid == rq.id)
         .where(rs.managementnodeid == management_node_id, st.name.in_(wanted), time_filter)
         .order_by(rs.id)

@@ -17,7 +17,12 @@ from worker.db import models as m
 from worker.db.claims import ClaimRecord, claim_record, claim_records, record_claim
 from worker.db.engine import db_now
 from worker.db.requests import VclIds
-from worker.db.reservation_row import LIBVIRT_PERL_PACKAGE, short_name
+from worker.db.reservation_row import (
+    LIBVIRT_PERL_PACKAGE,
+    VMHOST_COMPUTER,
+    join_vmhost_and_module,
+    short_name,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,25 +42,21 @@ def pending_claims(s: Session, ids: VclIds, management_node_id: int) -> list[Pen
     (claimed by an older worker) gets one now, naming no task, so it is judged after the grace period
     like a lost one."""
     lst = aliased(m.State, name="lst")
-    c = aliased(m.Computer, name="c")
-    hc = aliased(m.Computer, name="hc")
-    rows = s.execute(
+    query = (
         select(
             m.Request.id,
             m.Reservation.id,
             lst.name,
             m.Reservation.computerid,
-            hc.hostname,
+            VMHOST_COMPUTER.hostname,
             m.Module.perlpackage,
         )
         .select_from(m.Reservation)
         .join(m.Request, m.Request.id == m.Reservation.requestid)
         .join(lst, lst.id == m.Request.laststateid)
-        .outerjoin(c, c.id == m.Reservation.computerid)
-        .outerjoin(m.VMHost, m.VMHost.id == c.vmhostid)
-        .outerjoin(hc, hc.id == m.VMHost.computerid)
-        .outerjoin(m.Provisioning, m.Provisioning.id == c.provisioningid)
-        .outerjoin(m.Module, m.Module.id == m.Provisioning.moduleid)
+    )
+    rows = s.execute(
+        join_vmhost_and_module(query, m.Reservation.computerid)
         .where(
             m.Reservation.managementnodeid == management_node_id,
             m.Request.stateid == ids.state(s, "pending"),
