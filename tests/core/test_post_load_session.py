@@ -1,4 +1,5 @@
-"""Post-load's SSH session without a guest: a restore's clock set shares post-load's one login, a
+"""Post-load's SSH session, with a stand-in shell (no guest is booted here; test_boot_snapshot's
+real guest proves the clock set after a restore): a restore's clock set shares post-load's one login, a
 session of its own (post-load not ``ssh``) is best effort, and the session's socket has Nagle off."""
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from worker.devkit.reservations import make_reservation
 from worker.hypervisors import guest_access, postload
 from worker.hypervisors.postload import GuestLogin, GuestShell, GuestUnreachableError
 
-pytestmark = pytest.mark.guest
-ADDRESS = "192.0.2.10"
+ADDRESS = "192.0.2.10"  # TEST-NET: the stand-in shell never connects
 
 
 class _FakeShell:
