@@ -10,39 +10,13 @@ datastore must not make a "master" out of a host file.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from worker.hypervisors.errors import InvalidInputError
 
-DEFAULT_ROOTS = ("/var/lib/libvirt/images",)
-
-
-def parse_roots(text: str) -> tuple[str, ...]:
-    """``VCL_ALLOWED_ROOTS``: absolute directories separated by ``:`` (as PATH), empty parts ignored."""
-    return tuple(part.strip() for part in text.split(":") if part.strip())
-
-
-def check_root(root: str, what: str) -> str:
-    """A configured root: absolute, not ``/`` itself, no ``..``. Returns it resolved."""
-    if not root.startswith("/"):
-        raise ValueError(f"setting {what} must list absolute directories, got {root!r}")
-    if any(part == ".." for part in root.split("/")):
-        raise ValueError(f"setting {what} must not contain '..', got {root!r}")
-    real = os.path.realpath(root)
-    if real == "/":
-        # "/" would allow every path on the host: the check would mean nothing.
-        raise ValueError(f"setting {what} must not allow the whole file system ({root!r} resolves to /)")
-    return real
-
-
-def resolve_roots(roots: Iterable[str]) -> tuple[str, ...]:
-    """The configured roots resolved (symlinks followed), in order, without duplicates."""
-    out: list[str] = []
-    for root in roots:
-        real = check_root(root, "VCL_ALLOWED_ROOTS")
-        if real not in out:
-            out.append(real)
-    return tuple(out)
+# The roots as settings text live in the neutral worker.rootdirs (the settings check them too and must
+# not import the core); re-exported here for the callers that always found them in this module.
+from worker.rootdirs import DEFAULT_ROOTS, check_root, parse_roots, resolve_roots
 
 
 def is_under(path: str, root: str) -> bool:
