@@ -86,7 +86,7 @@ class InProcessKV:
             self._data[key] = (self._data[key][0], time.monotonic() + seconds)
             return True
 
-    def pipeline(self, transaction: bool = False) -> InProcessKV:
+    def pipeline(self, *, transaction: bool = False) -> InProcessKV:
         """Redis's non-transactional pipeline: here every command runs at once."""
         return self
 

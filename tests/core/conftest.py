@@ -84,7 +84,7 @@ class Env:
 
     def provisioner(self, res: Reservation | None = None, **overrides: Any) -> LibvirtProvisioner:
         return LibvirtProvisioner(
-            res or self.reservation(**overrides), self.settings, get_host("qemu:///system")
+            res or self.reservation(**overrides), settings=self.settings, host=get_host("qemu:///system")
         )
 
     def guest_reservation(self, net: DhcpNetwork, image: GuestImage, host_n: int, **kw: Any) -> Reservation:
@@ -101,7 +101,7 @@ class Env:
     def guest_provisioner(self, res: Reservation, **settings: Any) -> LibvirtProvisioner:
         """A provisioner that waits for the guest (120 s unless ``settings`` say otherwise)."""
         s = dataclasses.replace(self.settings, **{"wait_for_guest": True, "ready_timeout": 120, **settings})
-        return LibvirtProvisioner(res, s, get_host("qemu:///system"))
+        return LibvirtProvisioner(res, settings=s, host=get_host("qemu:///system"))
 
     def master_for(self, res: Reservation, pattern: int | None = 0xCD) -> Path:
         return libvirt_env.make_master(

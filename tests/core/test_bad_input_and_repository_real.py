@@ -86,7 +86,7 @@ def test_master_copied_from_repository_once(env, events) -> None:  # type: ignor
     res, src = _repo_reservation(env)
     prov = env.provisioner(res)
     assert prov.layout.image_exists()
-    out = prov.load(cb)
+    out = prov.load(progress=cb)
     master = env.images / f"{res.imagerevision_imagename}.qcow2"
     assert out.master_copied and out.master_path == str(master)
     assert stat.S_IMODE(os.stat(master).st_mode) == 0o444
@@ -117,7 +117,9 @@ def test_concurrent_loads_copy_master_once(env) -> None:  # type: ignore[no-unty
 
     def run(key: str, res) -> None:  # type: ignore[no-untyped-def]
         try:
-            results[key] = LibvirtProvisioner(res, env.settings, get_host("qemu:///system")).load()
+            results[key] = LibvirtProvisioner(
+                res, settings=env.settings, host=get_host("qemu:///system")
+            ).load()
         except Exception as exc:  # pragma: no cover - reported below
             results[key] = exc
 
@@ -143,7 +145,8 @@ def test_concurrent_processes_copy_master_once(env) -> None:  # type: ignore[no-
         "from worker.config import Settings\n"
         f"res = make_reservation(vmprofile={{'datastore_path': {str(env.images)!r}, "
         f"'vm_path': {str(env.datastore / 'vms')!r}, 'repository_path': {str(env.datastore / 'repo')!r}}})\n"
-        f"p = LibvirtProvisioner(res, Settings(lock_dir={env.settings.lock_dir!r}), get_host('test:///default'))\n"
+        f"p = LibvirtProvisioner(res, settings=Settings(lock_dir={env.settings.lock_dir!r}), "
+        "host=get_host('test:///default'))\n"
         "m, copied = KVMDriver().ensure_master(p.layout.master_image(), disk_options(p.settings))\n"
         "print(json.dumps(copied))\n"
     )

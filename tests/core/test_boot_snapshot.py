@@ -52,7 +52,9 @@ def test_reload_restores_a_fresh_copy_and_a_broken_snapshot_boots_cold(
     cold = _load(env, res)
     cold_s = time.monotonic() - t0
     assert cold.boot_snapshot == "saved", cold.timings
-    files = snapshot_files(LibvirtProvisioner(res, env.settings, get_host("qemu:///system")).layout)
+    files = snapshot_files(
+        LibvirtProvisioner(res, settings=env.settings, host=get_host("qemu:///system")).layout
+    )
     assert files.complete()
     manifest = json.loads(Path(files.manifest).read_text())
     assert manifest["made_from"]["definition"]["memory_mib"] >= 256
@@ -106,7 +108,9 @@ def test_master_or_memory_change_invalidates(
     res = env.guest_reservation(dhcp_net, guest_image, 32)
     master = install_guest_master(guest_image, env.images, res.imagerevision_imagename)
     assert _load(env, res).boot_snapshot == "saved"
-    files = snapshot_files(LibvirtProvisioner(res, env.settings, get_host("qemu:///system")).layout)
+    files = snapshot_files(
+        LibvirtProvisioner(res, settings=env.settings, host=get_host("qemu:///system")).layout
+    )
     first = json.loads(Path(files.manifest).read_text())
     # The master changed (as a recapture in place would): the next load boots cold and saves anew.
     st = os.stat(master)
@@ -130,7 +134,9 @@ def test_setting_off_never_saves_or_restores(
     install_guest_master(guest_image, env.images, res.imagerevision_imagename)
     off = _load(env, res, boot_snapshots=False)
     assert off.boot_snapshot == "" and "snapshot_save" not in off.timings
-    files = snapshot_files(LibvirtProvisioner(res, env.settings, get_host("qemu:///system")).layout)
+    files = snapshot_files(
+        LibvirtProvisioner(res, settings=env.settings, host=get_host("qemu:///system")).layout
+    )
     assert not any(os.path.exists(p) for p in files.finals)
     assert Settings.from_env({"VCL_BOOT_SNAPSHOTS": "0"}).boot_snapshots is False
     assert Settings.from_env({}).boot_snapshots is True

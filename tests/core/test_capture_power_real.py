@@ -38,7 +38,7 @@ def test_capture_flattens_cow_into_standalone_master(env, events) -> None:  # ty
     )
     prov = env.provisioner(cap_res)
     assert prov.get_domain_name() == loaded.domain_name  # found by MAC
-    result = prov.capture(cb)
+    result = prov.capture(progress=cb)
 
     assert result.new_image_name == "linux-CentOS7Base64bitVM-3081-v6"
     assert result.master_path == str(env.images / f"{result.new_image_name}.qcow2")

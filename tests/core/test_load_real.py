@@ -16,7 +16,7 @@ def test_load_defines_running_domain_on_qcow2_overlay(env, events) -> None:  # t
     master = env.master_for(prov.reservation)
     before = libvirt_env.sha256(master)
 
-    result = prov.load(cb)
+    result = prov.load(progress=cb)
 
     dom = prov.host.connection().lookupByName(result.domain_name)
     assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING

@@ -132,18 +132,24 @@ def test_repository_find_rules(tmp_path) -> None:  # type: ignore[no-untyped-def
 
 def test_provisioner_paths_and_validation() -> None:
     res = make_reservation()
-    p = LibvirtProvisioner(res, Settings(), LibvirtHost("test:///default"))
+    p = LibvirtProvisioner(res, settings=Settings(), host=LibvirtHost("test:///default"))
     assert p.get_domain_name() == "vm4-22_CentOS7Base64bitVM_3081-v5"
     assert p.layout.cow_path == "/var/lib/libvirt/images/vm4-22_3081-v5.qcow2"
     assert p.layout.master_xml_path() == "/var/lib/libvirt/images/linux-CentOS7Base-3081-v5.xml"
     assert p.get_new_image_name() == "linux-CentOS7Base64bitVM-3081-v5"
     with pytest.raises(InvalidInputError, match=r"\.\./x"):
         LibvirtProvisioner(
-            make_reservation(imagerevision_imagename="../x"), Settings(), LibvirtHost("test:///default")
+            make_reservation(imagerevision_imagename="../x"),
+            settings=Settings(),
+            host=LibvirtHost("test:///default"),
         )
     with pytest.raises(InvalidInputError, match="vmpath"):
         LibvirtProvisioner(
-            make_reservation(vmprofile={"vm_path": "rel"}), Settings(), LibvirtHost("test:///default")
+            make_reservation(vmprofile={"vm_path": "rel"}),
+            settings=Settings(),
+            host=LibvirtHost("test:///default"),
         )
     with pytest.raises(InvalidInputError, match="eth0"):
-        LibvirtProvisioner(make_reservation(eth0_mac="nope"), Settings(), LibvirtHost("test:///default"))
+        LibvirtProvisioner(
+            make_reservation(eth0_mac="nope"), settings=Settings(), host=LibvirtHost("test:///default")
+        )

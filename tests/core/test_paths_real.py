@@ -148,8 +148,15 @@ def test_vmdk_with_an_extent_outside_its_directory_is_refused(env) -> None:  # t
 def test_vnc_password_reaches_libvirt_but_not_its_plain_xml(env) -> None:  # type: ignore[no-untyped-def]
     prov = env.provisioner()
     with pytest.raises(InvalidInputError, match="no VNC password"):
-        domain_spec(prov.host, prov.layout, "qemu", "qemu", "0.0.0.0")
-    spec = domain_spec(prov.host, prov.layout, "qemu", "qemu", "0.0.0.0", "pw4vnc")
+        domain_spec(prov.host, prov.layout, domain_type="qemu", disk_driver_name="qemu", vnc_listen="0.0.0.0")
+    spec = domain_spec(
+        prov.host,
+        prov.layout,
+        domain_type="qemu",
+        disk_driver_name="qemu",
+        vnc_listen="0.0.0.0",
+        vnc_password="pw4vnc",
+    )
     guest = prov.host.define(domain_xml.build_domain_xml(spec), autostart=False)
     try:
         dom = prov.host.connection().lookupByName(guest.name)

@@ -57,19 +57,21 @@ def test_vmprofile_path_outside_the_roots(tmp_path: Path, field: str) -> None:
     link.symlink_to(outside)  # under the root by name, outside once resolved
     settings = Settings(allowed_roots=str(root))
     good = {"datastore_path": str(root), "vm_path": str(root / "vms"), "repository_path": str(root / "repo")}
-    Layout(make_reservation(vmprofile=good), settings)
+    Layout(make_reservation(vmprofile=good), roots=settings.roots)
     for bad in (str(outside), str(link / "x")):
         with pytest.raises(
             InvalidInputError, match=f"vmprofile.{field.replace('_path', '').replace('_', '')}"
         ):
-            Layout(make_reservation(vmprofile={**good, field: bad}), settings)
+            Layout(make_reservation(vmprofile={**good, field: bad}), roots=settings.roots)
     assert list(outside.iterdir()) == []  # nothing created, walked or deleted there
 
 
 def test_repository_root_setting_is_an_allowed_root(tmp_path: Path) -> None:
     settings = Settings(allowed_roots="/var/lib/libvirt/images", repository_root=str(tmp_path))
     assert str(tmp_path.resolve()) in settings.roots
-    layout = Layout(make_reservation(vmprofile={"repository_path": str(tmp_path / "r")}), settings)
+    layout = Layout(
+        make_reservation(vmprofile={"repository_path": str(tmp_path / "r")}), roots=settings.roots
+    )
     assert layout.repository_path == str(tmp_path.resolve() / "r")
 
 

@@ -155,9 +155,9 @@ def test_domain_xml_variants_validate(tmp_path) -> None:  # type: ignore[no-unty
         '<domain><devices><disk device="disk"><target dev="vda" bus="virtio"/></disk>'
         '<interface><model type="e1000"/></interface></devices></domain>'
     )
-    assert dx.master_xml_disk_bus(master) == "virtio"
-    assert dx.master_xml_interface_model(master) == "e1000"
-    assert dx.master_xml_disk_bus("not xml") is None
+    parsed = dx.ParsedDomain.parse_or_none(master)
+    assert parsed is not None and parsed.disk_bus == "virtio" and parsed.nic_model == "e1000"
+    assert dx.ParsedDomain.parse_or_none("not xml") is None
 
 
 def test_qemuimg_convert_part_and_failure(tmp_path) -> None:  # type: ignore[no-untyped-def]

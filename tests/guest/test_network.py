@@ -26,7 +26,7 @@ def test_dhcp_host_is_idempotent_live_and_config(host: LibvirtHost, network: env
         assert net.ensure_dhcp_host(mac.lower(), ip, "vm-a") == "unchanged"
         assert net.ensure_dhcp_host(mac, ip2, "vm-a") == "modified"
         for inactive in (False, True):  # the running network and its persistent definition
-            mine = [h for h in net.dhcp_hosts(inactive) if h.mac == mac.lower()]
+            mine = [h for h in net.dhcp_hosts(inactive=inactive) if h.mac == mac.lower()]
             assert [(h.ip, h.name) for h in mine] == [(ip2, "vm-a")]
         with pytest.raises(DhcpConflictError):
             net.ensure_dhcp_host("52:54:00:aa:00:02", ip2, "vm-b")
@@ -40,5 +40,5 @@ def test_dhcp_host_is_idempotent_live_and_config(host: LibvirtHost, network: env
     finally:
         for m in (mac, "52:54:00:aa:00:03"):
             net.remove_dhcp_host(m)
-    assert not [h for h in net.dhcp_hosts(True) if h.ip in (ip, ip2)]
+    assert not [h for h in net.dhcp_hosts(inactive=True) if h.ip in (ip, ip2)]
     assert net.leases("52:54:00:aa:00:01") == []

@@ -79,7 +79,7 @@ def _inputs_hash(refs: list[PackageRef]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def _load(final: Path, cached: bool) -> GuestImage:
+def _load(final: Path, *, cached: bool) -> GuestImage:
     meta = json.loads((final / META_NAME).read_text())
     return GuestImage(
         path=final / QCOW2_NAME,

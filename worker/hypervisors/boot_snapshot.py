@@ -22,28 +22,25 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 import libvirt
 
-from worker.config import Settings
 from worker.hypervisors import boot_snapshot_files as files_mod
+from worker.hypervisors.context import OperationContext
 from worker.hypervisors.domain_xml import DomainSpec
-from worker.hypervisors.drivers.base import Driver, PreparedDisk
+from worker.hypervisors.drivers.base import PreparedDisk
 from worker.hypervisors.drivers.kvm import DISK_MODE, qemu_owner
 from worker.hypervisors.errors import ProvisioningError
 from worker.hypervisors.guest import Guest
 from worker.hypervisors.guest_access import GuestAnswer, wait_until_answering
-from worker.hypervisors.host import LibvirtHost
-from worker.hypervisors.layout import Layout
 from worker.hypervisors.lifecycle import remove_domain
 from worker.hypervisors.postload import GuestShell, PostLoadError
-from worker.hypervisors.progress import Progress
 from worker.hypervisors.readiness import wait_for_port
+from worker.timing import Stopwatch
 
 log = logging.getLogger(__name__)
-Mark = Callable[[str], None]
 
 # A restored guest is the running OS resumed: it answers within a second or two, or something is
 # wrong (then a cold boot is cheaper than waiting out the image's whole reload time).
@@ -53,34 +50,41 @@ FREE_MARGIN_BYTES = 256 * 2**20
 _MiB = 2**20
 
 
-class BootSnapshot:
-    """The boot snapshot of one load's (computer, revision), built for one ``load()`` call."""
+class BootSnapshotOutcome(StrEnum):
+    """What a load did with its boot snapshot (``LoadResult.boot_snapshot``)."""
 
-    def __init__(
-        self, host: LibvirtHost, layout: Layout, spec: DomainSpec, xml: str, settings: Settings
-    ) -> None:
-        self.host, self.layout, self.spec, self.xml, self.settings = host, layout, spec, xml, settings
-        self.files = files_mod.snapshot_files(layout)
-        self.record = files_mod.made_from(host, layout, spec)
+    RESTORED = "restored"  # the guest was resumed from it
+    SAVED = "saved"  # this cold boot made one
+    NONE = ""  # neither
+
+
+class BootSnapshot:
+    """The boot snapshot of one load's (computer, revision), built for one ``load()`` call; its
+    steps are timed on the load's stopwatch."""
+
+    def __init__(self, ctx: OperationContext, spec: DomainSpec, xml: str) -> None:
+        self.ctx, self.spec, self.xml = ctx, spec, xml
+        self.host, self.layout = ctx.host, ctx.layout
+        self.files = files_mod.snapshot_files(ctx.layout)
+        self.record = files_mod.made_from(ctx.host, ctx.layout, spec)
 
     @classmethod
-    def for_load(
-        cls, host: LibvirtHost, driver: Driver, layout: Layout, spec: DomainSpec, xml: str, settings: Settings
-    ) -> BootSnapshot | None:
+    def for_load(cls, ctx: OperationContext, spec: DomainSpec, xml: str) -> BootSnapshot | None:
         """None when snapshots do not apply: switched off, no real guest, or no fixed address (a
         restored guest keeps the address it had; only ``privateIPaddress`` makes that the right one)."""
-        if not (settings.boot_snapshots and settings.wait_for_guest and driver.boots_guests):
+        settings = ctx.settings
+        if not (settings.boot_snapshots and settings.wait_for_guest and ctx.driver.boots_guests):
             return None
-        if not layout.reservation.computer_private_ip:
+        if not ctx.reservation.computer_private_ip:
             return None
-        return cls(host, layout, spec, xml, settings)
+        return cls(ctx, spec, xml)
 
     @property
     def _mac(self) -> str | None:
         return self.spec.nics[0].mac if self.spec.nics else None
 
     # ------------------------------------------------------------------ restore
-    def restore(self, progress: Progress, mark: Mark) -> tuple[PreparedDisk, Guest, GuestAnswer] | None:
+    def restore(self) -> tuple[PreparedDisk, Guest, GuestAnswer] | None:
         """Resume the saved guest on a fresh copy of its disk; None (nothing left behind) when there
         is no valid snapshot or the restore failed: the caller boots cold."""
         reason = files_mod.stale_reason(self.files, self.record)
@@ -91,21 +95,22 @@ class BootSnapshot:
             return None
         assert self.record is not None
         cow, name = self.layout.cow_path, self.layout.domain_name
+        progress, watch = self.ctx.progress, self.ctx.stopwatch
         try:
             _copy_disk(self.files.disk, cow)
-            mark("snapshot_disk_copy")
+            watch.mark("snapshot_disk_copy")
             progress("transfervm", f"fresh copy of the boot snapshot's disk of {self.layout.image_name}")
             guest = self.host.define(self.xml, autostart=True)
             progress("vmsetupconfig", f"defined domain {guest.name}")
             self._restore_file(self.files.memory, self.xml)
-            mark("snapshot_restore")
+            watch.mark("snapshot_restore")
             progress("startvm", f"restored domain {name} from its boot snapshot")
-            quick = dataclasses.replace(self.settings, ready_timeout=RESTORE_READY_SECONDS)
-            # The clock is set on post-load's own SSH session, before post-load writes its files.
-            answer = wait_until_answering(
-                self.host, name, self.layout.reservation, self._mac, quick, first=self.set_clock
+            quick = dataclasses.replace(
+                self.ctx, settings=dataclasses.replace(self.ctx.settings, ready_timeout=RESTORE_READY_SECONDS)
             )
-            mark("guest_ready")
+            # The clock is set on post-load's own SSH session, before post-load writes its files.
+            answer = wait_until_answering(quick, self._mac, first=self.set_clock)
+            watch.mark("guest_ready")
         except (ProvisioningError, OSError) as exc:
             log.warning("restore of %s failed, booting cold instead: %s", name, exc)
             self._undo()
@@ -114,7 +119,7 @@ class BootSnapshot:
         except BaseException:
             self._undo()
             raise
-        disk = PreparedDisk(self.record["master"]["path"], cow, master_copied=False)
+        disk = PreparedDisk(master_path=self.record["master"]["path"], cow_path=cow, master_copied=False)
         return disk, guest, answer
 
     def _restore_file(self, path: str, xml: str | None) -> None:
@@ -128,7 +133,7 @@ class BootSnapshot:
         with contextlib.suppress(Exception):
             guest = self.host.lookup_guest(self.layout.domain_name)
             if guest is not None:
-                remove_domain(guest, False, self.settings.roots)
+                remove_domain(guest, image_state=False, roots=self.ctx.settings.roots)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.layout.cow_path)
 
@@ -146,7 +151,7 @@ class BootSnapshot:
         log.info("%s: guest clock set after the restore", shell.login.address)
 
     # ------------------------------------------------------------------ save
-    def save(self, guest: Guest, answer: GuestAnswer, mark: Mark) -> dict[str, Any] | None:
+    def save(self, guest: Guest, answer: GuestAnswer) -> dict[str, Any] | None:
         """Save the answering guest's memory and overlay as this revision's boot snapshot, resume it,
         and return the manifest's cost record; None when no snapshot was made (the guest runs on)."""
         # Read again: a master copied from the repository by this load did not exist before it.
@@ -161,7 +166,8 @@ class BootSnapshot:
             )
             return None
         mem, disk = self.files.part(self.files.memory), self.files.part(self.files.disk)
-        t0 = time.monotonic()
+        watch = self.ctx.stopwatch
+        cost_watch = Stopwatch()  # the manifest's own record of what the save cost
         try:
             self.host.call(f"save {guest.name}", lambda c: c.lookupByName(guest.name).saveFlags(mem, None, 0))
         except ProvisioningError as exc:
@@ -170,8 +176,8 @@ class BootSnapshot:
             if not guest.is_active():
                 self._cold_restart(guest, answer)
             return None
-        saved = time.monotonic()
-        mark("snapshot_save")
+        save_seconds = cost_watch.mark("save")
+        watch.mark("snapshot_save")
         copied = True
         try:
             # The domain is stopped: the overlay is quiescent and matches the memory state exactly.
@@ -182,9 +188,9 @@ class BootSnapshot:
         except OSError as exc:
             log.warning("no boot snapshot of %s: copying the overlay failed: %s", guest.name, exc)
             copied = False
-        mark("snapshot_disk_copy")
+        watch.mark("snapshot_disk_copy")
         resumed = self._resume(guest, answer, mem)
-        mark("snapshot_resume")
+        watch.mark("snapshot_resume")
         if not (copied and resumed):
             self.files.remove()
             return None
@@ -192,8 +198,8 @@ class BootSnapshot:
         os.rename(disk, self.files.disk)
         cost = {
             "saved_at": time.time(),
-            "save_seconds": round(saved - t0, 3),
-            "total_seconds": round(time.monotonic() - t0, 3),
+            "save_seconds": save_seconds,
+            "total_seconds": cost_watch.elapsed(),
             "address": answer.address,
         }
         files_mod.write_manifest(self.files, self.record, cost)
@@ -219,7 +225,7 @@ class BootSnapshot:
     def _cold_restart(self, guest: Guest, answer: GuestAnswer) -> None:
         guest.power_off()
         guest.start()
-        wait_until_answering(self.host, guest.name, self.layout.reservation, self._mac, self.settings)
+        wait_until_answering(self.ctx, self._mac)
 
 
 def _copy_disk(src: str, dst: str) -> None:
@@ -238,4 +244,4 @@ def _copy_disk(src: str, dst: str) -> None:
         raise
 
 
-__all__ = ["RESTORE_READY_SECONDS", "BootSnapshot"]
+__all__ = ["RESTORE_READY_SECONDS", "BootSnapshot", "BootSnapshotOutcome"]

@@ -13,23 +13,21 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from worker.config import Settings
 from worker.hypervisors import naming
-from worker.hypervisors.drivers.base import Driver
+from worker.hypervisors.context import OperationContext
 from worker.hypervisors.errors import ImageExistsError, InvalidInputError, PermanentError
 from worker.hypervisors.host import LibvirtHost
 from worker.hypervisors.layout import Layout
 from worker.hypervisors.lifecycle import remove_domain
-from worker.hypervisors.progress import Progress
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CaptureResult:
     new_image_name: str
     domain_name: str
@@ -52,11 +50,10 @@ def _write_text_atomic(path: str, text: str) -> None:
     os.replace(part, path)
 
 
-def capture(
-    host: LibvirtHost, driver: Driver, layout: Layout, settings: Settings, progress: Progress
-) -> CaptureResult:
-    timings: dict[str, float] = {}
-    t0 = time.monotonic()
+def capture(ctx: OperationContext) -> CaptureResult:
+    """Timings: ``shutdown``, ``copy_to_master``, ``copy_to_repository`` (with a repository), ``total``."""
+    host, driver, layout, settings, progress = ctx.host, ctx.driver, ctx.layout, ctx.settings, ctx.progress
+    watch = ctx.stopwatch
     new_name = naming.validate_name(layout.new_image_name, "new image name")
     macs = layout.computer_macs
     if not macs:
@@ -71,17 +68,15 @@ def capture(
     _refuse_existing(repo_file, "repository file")
     dom_xml = guest.xml(inactive=True)
     progress("capture", f"shutting down {domain}", 0.0)
-    t = time.monotonic()
-    guest.shutdown(settings.shutdown_timeout, settings.shutdown_retry_interval)
-    timings["shutdown"] = round(time.monotonic() - t, 3)
+    with watch.phase("shutdown"):
+        guest.shutdown(settings.shutdown_timeout, settings.shutdown_retry_interval)
     disks = guest.disks()
     if not disks:
         raise PermanentError(f"domain {domain} has no disk to capture")
     if len(disks) > 1:
         log.warning("domain %s has %d disks; only %s is captured", domain, len(disks), disks[0].path)
-    t = time.monotonic()
     timeout = settings.qemu_img_convert_timeout
-    with driver.image_lock(settings.lock_dir, new_name, timeout):
+    with watch.phase("copy_to_master"), driver.image_lock(settings.lock_dir, new_name, timeout):
         _refuse_existing(master, "master")  # again: another capture may have won the lock first
         driver.copy_virtual_disk(
             disks[0].path,
@@ -93,23 +88,21 @@ def capture(
             read_only=True,
         )
         _write_text_atomic(layout.master_xml_path(new_name), dom_xml)
-    timings["copy_to_master"] = round(time.monotonic() - t, 3)
     if repo_file:
-        t = time.monotonic()
-        driver.copy_virtual_disk(
-            master,
-            repo_file,
-            layout.reservation.vmprofile.repository_imagetype,
-            source_format=layout.datastore_imagetype,
-            compat="0.10",
-            progress=progress.copy("capture", f"copying {new_name} to the repository"),
-            timeout=timeout,
-        )
-        repo_xml = layout.repository_xml(new_name)
-        if repo_xml:
-            _write_text_atomic(repo_xml, dom_xml)
-        timings["copy_to_repository"] = round(time.monotonic() - t, 3)
-    timings["total"] = round(time.monotonic() - t0, 3)
+        with watch.phase("copy_to_repository"):
+            driver.copy_virtual_disk(
+                master,
+                repo_file,
+                layout.reservation.vmprofile.repository_imagetype,
+                source_format=layout.datastore_imagetype,
+                compat="0.10",
+                progress=progress.copy("capture", f"copying {new_name} to the repository"),
+                timeout=timeout,
+            )
+            repo_xml = layout.repository_xml(new_name)
+            if repo_xml:
+                _write_text_atomic(repo_xml, dom_xml)
+    timings = watch.total()
     progress("capture", f"captured {new_name}", 100.0)
     return CaptureResult(
         new_image_name=new_name,
@@ -136,7 +129,7 @@ def remove_captured_domain(host: LibvirtHost, layout: Layout, settings: Settings
     guest = host.lookup_guest(domain_name)
     if guest is None:
         return False
-    remove_domain(guest, True, settings.roots)
+    remove_domain(guest, image_state=True, roots=settings.roots)
     return True
 
 

@@ -127,6 +127,7 @@ def check_vnc(listen: str, password: str | None) -> None:
 def domain_spec(
     host: LibvirtHost,
     layout: Layout,
+    *,
     domain_type: str,
     disk_driver_name: str,
     vnc_listen: str,
@@ -134,9 +135,10 @@ def domain_spec(
 ) -> domain_xml.DomainSpec:
     check_vnc(vnc_listen, vnc_password)
     r = layout.reservation
-    master_xml = _read(layout.master_xml_path())
-    bus = domain_xml.master_xml_disk_bus(master_xml) or domain_xml.DEFAULT_DISK_BUS
-    model = domain_xml.master_xml_interface_model(master_xml) or domain_xml.DEFAULT_NIC_MODEL
+    # The master's saved XML (when there is one that parses) gives the disk bus and NIC model.
+    master = domain_xml.ParsedDomain.parse_or_none(_read(layout.master_xml_path()))
+    bus = (master.disk_bus if master else None) or domain_xml.DEFAULT_DISK_BUS
+    model = (master.nic_model if master else None) or domain_xml.DEFAULT_NIC_MODEL
     nics = _nics(host, layout, model)
     os.makedirs(layout.vm_path, mode=0o755, exist_ok=True)
     return domain_xml.DomainSpec(
@@ -152,12 +154,12 @@ def domain_spec(
         disk_cache=None if is_path_on_local_disk(layout.vm_path) else "none",
         clock_offset="localtime" if "windows" in r.os_type else "utc",
         description=domain_xml.description_text(
-            r.image_prettyname,
-            layout.image_name,
-            datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
-            r.management_node_short_name,
-            r.request_id,
-            r.reservation_id,
+            image_prettyname=r.image_prettyname,
+            image_name=layout.image_name,
+            load_time=datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+            management_node=r.management_node_short_name,
+            request_id=r.request_id,
+            reservation_id=r.reservation_id,
         ),
         vnc_listen=vnc_listen,
         vnc_password=vnc_password or None,

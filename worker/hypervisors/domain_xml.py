@@ -1,4 +1,8 @@
-"""Domain XML built with ElementTree (never string concatenation), plus master-XML readers.
+"""Domain XML: written with ElementTree (never string concatenation), read back as one model.
+
+Every read of a domain definition (a guest's disks and MACs, a master's saved disk bus and NIC
+model, a running overlay's backing file) goes through :class:`ParsedDomain`, and every XML the core
+reads is parsed by :func:`parse_xml`.
 
 Choices (documented deviations from libvirt.pm:generate_domain_xml):
 
@@ -21,6 +25,8 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from worker.hypervisors.errors import MalformedXmlError
+
 DEFAULT_DISK_BUS = "ide"
 DEFAULT_NIC_MODEL = "rtl8139"
 MIN_MEMORY_MIB = 512
@@ -36,7 +42,7 @@ class NicSpec:
     model: str = DEFAULT_NIC_MODEL
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DomainSpec:
     name: str
     uuid: str
@@ -121,6 +127,7 @@ def build_domain_xml(spec: DomainSpec) -> str:
 
 
 def description_text(
+    *,
     image_prettyname: str,
     image_name: str,
     load_time: str,
@@ -139,67 +146,201 @@ def description_text(
     )
 
 
-def master_xml_disk_bus(xml: str | None) -> str | None:
-    """``bus`` of the first ``device="disk"`` target in a saved master XML, or None."""
-    if not xml:
-        return None
+def build_snapshot_xml(name: str, description: str = "") -> str:
+    """``<domainsnapshot>`` for ``snapshotCreateXML``."""
+    root = ET.Element("domainsnapshot")
+    ET.SubElement(root, "name").text = name
+    if description:
+        ET.SubElement(root, "description").text = description
+    return ET.tostring(root, encoding="unicode")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def parse_xml(text: str) -> ET.Element:
+    """The one place the core parses XML: libvirt's own (domains, snapshots, networks, capabilities)
+    or a master's saved domain XML, which the site's administrators write. Neither is user input, and
+    Python's expat resolves no external entities and (2.4.1+) bounds entity expansion."""
     try:
-        root = ET.fromstring(xml)  # noqa: S314 (libvirt or admin XML)
-    except ET.ParseError:
-        return None
-    for disk in root.iter("disk"):
-        if disk.get("device", "disk") == "disk":
-            target = disk.find("target")
-            if target is not None and target.get("bus"):
-                return target.get("bus")
-    return None
+        return ET.fromstring(text)  # noqa: S314 (libvirt's or the administrators' XML, see above)
+    except ET.ParseError as exc:
+        raise MalformedXmlError(f"unparsable XML ({exc}): {text[:120]!r}") from exc
 
 
-def disk_backing_file(xml: str | None, disk_path: str) -> str | None:
-    """``<backingStore><source file>`` of the disk whose source is ``disk_path``, from a running
-    domain's live XML (libvirt fills it in at start). How to learn an in-use overlay's master
-    without opening the overlay past QEMU's image lock (qemu-img would need ``-U``)."""
-    if not xml:
-        return None
+def _int_or_none(text: str | None) -> int | None:
     try:
-        root = ET.fromstring(xml)  # noqa: S314 (libvirt's XML)
-    except ET.ParseError:
+        return None if text is None else int(text)
+    except ValueError:
         return None
-    for disk in root.iter("disk"):
-        source = disk.find("source")
-        if source is None or source.get("file") != disk_path:
-            continue
-        backing = disk.find("backingStore/source")
-        return None if backing is None else backing.get("file")
-    return None
 
 
-def master_xml_interface_model(xml: str | None) -> str | None:
-    if not xml:
-        return None
-    try:
-        root = ET.fromstring(xml)  # noqa: S314 (libvirt or admin XML)
-    except ET.ParseError:
-        return None
-    for iface in root.iter("interface"):
-        model = iface.find("model")
-        if model is not None and model.get("type"):
-            return model.get("type")
-    return None
+@dataclass(frozen=True, kw_only=True)
+class DomainDisk:
+    """One ``<devices><disk>`` of a definition."""
+
+    device: str  # disk | cdrom | floppy | lun
+    path: str | None  # <source file>; None for a disk without one (an empty cdrom, a block device)
+    format: str | None  # <driver type>
+    target_dev: str | None
+    bus: str | None
+    # <backingStore><source file>: only a running domain's live XML names it (libvirt fills it in).
+    backing_file: str | None
+
+
+@dataclass(frozen=True)
+class DiskSource:
+    """A file-backed ``device="disk"``: what capture copies and deletion removes."""
+
+    path: str
+    format: str | None  # <driver type=…>; None when the definition does not say
+
+
+@dataclass(frozen=True)
+class DomainInterface:
+    kind: str | None  # network | bridge | …
+    source: str | None  # the network's or bridge's name
+    mac: str | None
+    model: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainGraphics:
+    kind: str | None  # vnc | spice
+    listen: str | None
+    port: int | None  # -1 while autoport has not picked one
+    has_password: bool  # libvirt shows ``passwd`` only with VIR_DOMAIN_XML_SECURE
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParsedDomain:
+    """A domain definition as read back: every reader of domain XML goes through this."""
+
+    name: str
+    uuid: str
+    description: str
+    disks: tuple[DomainDisk, ...]
+    interfaces: tuple[DomainInterface, ...]
+    graphics: tuple[DomainGraphics, ...]
+
+    @classmethod
+    def parse(cls, xml: str) -> ParsedDomain:
+        """Raises :class:`MalformedXmlError` for XML that does not parse."""
+        root = parse_xml(xml)
+        return cls(
+            name=root.findtext("name") or "",
+            uuid=root.findtext("uuid") or "",
+            description=root.findtext("description") or "",
+            disks=tuple(_disk(el) for el in root.findall("./devices/disk")),
+            interfaces=tuple(_interface(el) for el in root.findall("./devices/interface")),
+            graphics=tuple(_graphics(el) for el in root.findall("./devices/graphics")),
+        )
+
+    @classmethod
+    def parse_or_none(cls, xml: str | None) -> ParsedDomain | None:
+        """For XML that may be missing or broken (a master's saved XML): None instead of an error."""
+        if not xml:
+            return None
+        try:
+            return cls.parse(xml)
+        except MalformedXmlError:
+            return None
+
+    @property
+    def file_disks(self) -> tuple[DiskSource, ...]:
+        """The ``device="disk"`` entries backed by a file, in order."""
+        return tuple(DiskSource(d.path, d.format) for d in self.disks if d.device == "disk" and d.path)
+
+    @property
+    def macs(self) -> list[str]:
+        """Interface MACs, lowercase, in order."""
+        return [i.mac.lower() for i in self.interfaces if i.mac]
+
+    @property
+    def disk_bus(self) -> str | None:
+        """``bus`` of the first ``device="disk"`` target that names one."""
+        return next((d.bus for d in self.disks if d.device == "disk" and d.bus), None)
+
+    @property
+    def nic_model(self) -> str | None:
+        """``<model type>`` of the first interface that names one."""
+        return next((i.model for i in self.interfaces if i.model), None)
+
+    def backing_file(self, disk_path: str) -> str | None:
+        """The backing file of the disk whose source is ``disk_path`` (live XML of a running domain):
+        how to learn an in-use overlay's master without opening the overlay past QEMU's image lock
+        (qemu-img would need ``-U``)."""
+        return next((d.backing_file for d in self.disks if d.path == disk_path), None)
+
+
+def _disk(el: ET.Element) -> DomainDisk:
+    source, driver, target = el.find("source"), el.find("driver"), el.find("target")
+    backing = el.find("backingStore/source")
+    return DomainDisk(
+        device=el.get("device", "disk"),
+        path=None if source is None else source.get("file"),
+        format=None if driver is None else driver.get("type"),
+        target_dev=None if target is None else target.get("dev"),
+        bus=None if target is None else target.get("bus"),
+        backing_file=None if backing is None else backing.get("file"),
+    )
+
+
+def _interface(el: ET.Element) -> DomainInterface:
+    kind, source, mac, model = el.get("type"), el.find("source"), el.find("mac"), el.find("model")
+    return DomainInterface(
+        kind=kind,
+        source=None if source is None or kind is None else source.get(kind),
+        mac=None if mac is None else mac.get("address"),
+        model=None if model is None else model.get("type"),
+    )
+
+
+def _graphics(el: ET.Element) -> DomainGraphics:
+    return DomainGraphics(
+        kind=el.get("type"),
+        listen=el.get("listen"),
+        port=_int_or_none(el.get("port")),
+        has_password="passwd" in el.attrib,
+    )
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    name: str
+    creation_time: int
+    state: str
+    description: str
+
+    @classmethod
+    def parse(cls, xml: str) -> SnapshotInfo:
+        """A ``<domainsnapshot>`` as libvirt returns it."""
+        root = parse_xml(xml)
+        return cls(
+            name=root.findtext("name") or "",
+            creation_time=int(root.findtext("creationTime") or 0),
+            state=root.findtext("state") or "",
+            description=root.findtext("description") or "",
+        )
 
 
 __all__ = [
     "DEFAULT_DISK_BUS",
     "DEFAULT_NIC_MODEL",
+    "DiskSource",
+    "DomainDisk",
+    "DomainGraphics",
+    "DomainInterface",
     "DomainSpec",
     "NicSpec",
+    "ParsedDomain",
+    "SnapshotInfo",
     "build_domain_xml",
+    "build_snapshot_xml",
     "computer_uuid",
     "description_text",
-    "disk_backing_file",
     "disk_target_dev",
-    "master_xml_disk_bus",
-    "master_xml_interface_model",
     "memory_mib",
+    "parse_xml",
     "vcpu_topology",
 ]

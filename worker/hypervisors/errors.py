@@ -36,6 +36,10 @@ class ImageExistsError(PermanentError):
     """Capture target (master or repository file) already exists; a revision is never overwritten."""
 
 
+class MalformedXmlError(PermanentError):
+    """XML from libvirt or a saved master XML that does not parse."""
+
+
 class DomainNotFoundError(PermanentError):
     """The libvirt domain asked for does not exist."""
 

@@ -14,28 +14,46 @@ from __future__ import annotations
 import logging
 import os
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import libvirt
+
+from worker.hypervisors.domain_xml import (
+    DiskSource,
+    ParsedDomain,
+    SnapshotInfo,
+    build_snapshot_xml,
+)
 
 if TYPE_CHECKING:
     from worker.hypervisors.host import LibvirtHost
 
 log = logging.getLogger(__name__)
 
-# VCL power_status vocabulary (libvirt.pm:power_status).
+
+class PowerState(StrEnum):
+    """VCL's power_status vocabulary (libvirt.pm:power_status); equal to its plain strings."""
+
+    ON = "on"
+    OFF = "off"
+    BLOCKED = "blocked"
+    SUSPENDED = "suspended"
+    CRASHED = "crashed"
+    UNKNOWN = "unknown"
+
+
 _POWER = {
-    libvirt.VIR_DOMAIN_RUNNING: "on",
-    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
-    libvirt.VIR_DOMAIN_PAUSED: "suspended",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
-    libvirt.VIR_DOMAIN_SHUTDOWN: "off",  # "in shutdown": VCL's regex maps it to off as well
-    libvirt.VIR_DOMAIN_SHUTOFF: "off",
-    libvirt.VIR_DOMAIN_CRASHED: "crashed",
-    libvirt.VIR_DOMAIN_NOSTATE: "unknown",
+    libvirt.VIR_DOMAIN_RUNNING: PowerState.ON,
+    libvirt.VIR_DOMAIN_BLOCKED: PowerState.BLOCKED,
+    libvirt.VIR_DOMAIN_PAUSED: PowerState.SUSPENDED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.SUSPENDED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.OFF,  # "in shutdown": VCL's regex maps it to off as well
+    libvirt.VIR_DOMAIN_SHUTOFF: PowerState.OFF,
+    libvirt.VIR_DOMAIN_CRASHED: PowerState.CRASHED,
+    libvirt.VIR_DOMAIN_NOSTATE: PowerState.UNKNOWN,
 }
 _STATE_NAMES = {
     libvirt.VIR_DOMAIN_NOSTATE: "no state",
@@ -49,21 +67,7 @@ _STATE_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class SnapshotInfo:
-    name: str
-    creation_time: int
-    state: str
-    description: str
-
-
-@dataclass(frozen=True)
-class DiskSource:
-    path: str
-    format: str | None  # <driver type=…>; None when the definition does not say
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GuestInfo:
     """``virsh dominfo`` of one domain; ``id`` is None while it is not running."""
 
@@ -71,7 +75,7 @@ class GuestInfo:
     uuid: str
     id: int | None
     state: str
-    power_status: str
+    power_status: PowerState
     max_memory_kib: int
     memory_kib: int
     vcpus: int
@@ -88,9 +92,9 @@ class Guest:
         return str(self._dom.name())
 
     # ------------------------------------------------------------------ state
-    def power_status(self) -> str:
+    def power_status(self) -> PowerState:
         with self.host.errors(f"state of {self.name}"):
-            return _POWER.get(int(self._dom.state()[0]), "unknown")
+            return _POWER.get(int(self._dom.state()[0]), PowerState.UNKNOWN)
 
     def is_active(self) -> bool:
         with self.host.errors(f"isActive {self.name}"):
@@ -106,7 +110,7 @@ class Guest:
             uuid=uuid,
             id=dom_id if dom_id >= 0 else None,
             state=_STATE_NAMES.get(state, "unknown"),
-            power_status=_POWER.get(state, "unknown"),
+            power_status=_POWER.get(state, PowerState.UNKNOWN),
             max_memory_kib=int(max_mem),
             memory_kib=int(mem),
             vcpus=int(vcpus),
@@ -181,51 +185,45 @@ class Guest:
         self.power_off()
         return False
 
-    def set_autostart(self, on: bool = True) -> None:
+    def set_autostart(self, *, on: bool = True) -> None:
         with self.host.errors(f"autostart {self.name}"):
             self._dom.setAutostart(1 if on else 0)
 
     # ------------------------------------------------------------------ XML facts
-    def xml(self, inactive: bool = False) -> str:
+    def xml(self, *, inactive: bool = False) -> str:
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
         with self.host.errors(f"XMLDesc {self.name}"):
             return str(self._dom.XMLDesc(flags))
 
+    def definition(self) -> ParsedDomain:
+        """The live domain XML, parsed."""
+        return ParsedDomain.parse(self.xml())
+
     def disks(self) -> list[DiskSource]:
         """``<source file>`` and ``<driver type>`` of every ``device="disk"`` entry, in order."""
-        return _disks_from_xml(self.xml())
+        return list(self.definition().file_disks)
 
     def disk_paths(self) -> list[str]:
         return [d.path for d in self.disks()]
 
     def mac_addresses(self) -> list[str]:
-        return _macs_from_xml(self.xml())
+        return self.definition().macs
 
     # ------------------------------------------------------------------ snapshots
     def snapshot_info(self) -> dict[str, SnapshotInfo]:
         out: dict[str, SnapshotInfo] = {}
         with self.host.errors(f"listAllSnapshots {self.name}"):
             for snap in self._dom.listAllSnapshots(0):
-                root = ET.fromstring(snap.getXMLDesc(0))  # noqa: S314 (libvirt's own XML)
-                out[snap.getName()] = SnapshotInfo(
-                    name=snap.getName(),
-                    creation_time=int(root.findtext("creationTime") or 0),
-                    state=root.findtext("state") or "",
-                    description=root.findtext("description") or "",
-                )
+                out[snap.getName()] = SnapshotInfo.parse(snap.getXMLDesc(0))
         return out
 
     def create_snapshot(self, name: str, description: str = "") -> str:
-        root = ET.Element("domainsnapshot")
-        ET.SubElement(root, "name").text = name
-        if description:
-            ET.SubElement(root, "description").text = description
-        xml = ET.tostring(root, encoding="unicode")
+        xml = build_snapshot_xml(name, description)
         with self.host.errors(f"snapshotCreateXML {self.name}/{name}"):
             snap = self._dom.snapshotCreateXML(xml, 0)
             return str(snap.getName())
 
-    def delete_snapshot(self, name: str, children: bool = True) -> None:
+    def delete_snapshot(self, name: str, *, children: bool = True) -> None:
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN if children else 0
         with self.host.errors(f"snapshot-delete {self.name}/{name}"):
             try:
@@ -290,22 +288,4 @@ class Guest:
         return deleted
 
 
-def _disks_from_xml(xml: str) -> list[DiskSource]:
-    root = ET.fromstring(xml)  # noqa: S314 (libvirt's own XML)
-    out = []
-    for disk in root.findall("./devices/disk"):
-        if disk.get("device", "disk") != "disk":
-            continue
-        src, drv = disk.find("source"), disk.find("driver")
-        path = src.get("file") if src is not None else None
-        if path:
-            out.append(DiskSource(path, drv.get("type") if drv is not None else None))
-    return out
-
-
-def _macs_from_xml(xml: str) -> list[str]:
-    root = ET.fromstring(xml)  # noqa: S314 (libvirt's own XML)
-    return [addr.lower() for mac in root.findall("./devices/interface/mac") if (addr := mac.get("address"))]
-
-
-__all__ = ["DiskSource", "Guest", "GuestInfo", "SnapshotInfo"]
+__all__ = ["DiskSource", "Guest", "GuestInfo", "PowerState", "SnapshotInfo"]

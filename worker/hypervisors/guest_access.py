@@ -15,12 +15,15 @@ from dataclasses import dataclass
 
 from worker.config import Settings
 from worker.hypervisors import postload
+from worker.hypervisors.context import OperationContext
 from worker.hypervisors.domain_xml import NicSpec
 from worker.hypervisors.errors import PermanentError, TransientError
 from worker.hypervisors.host import LibvirtHost
 from worker.hypervisors.network import LibvirtNetwork, domain_ipv4_addresses
+from worker.hypervisors.node_status import NodeStatus
 from worker.hypervisors.readiness import GuestNotReadyError, wait_for_port
 from worker.reservation import Reservation
+from worker.timing import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +79,15 @@ def find_address(
 
 
 def wait_until_answering(
-    host: LibvirtHost,
-    domain_name: str,
-    r: Reservation,
-    mac: str | None,
-    settings: Settings,
-    first: postload.SessionStep | None = None,
+    ctx: OperationContext, mac: str | None, *, first: postload.SessionStep | None = None
 ) -> GuestAnswer:
-    """Wait (bounded by :func:`readiness_timeout`) for the guest to answer, then run post-load;
-    ``first`` runs in the guest before it, on post-load's own SSH session where post-load is ``ssh``."""
+    """Wait (bounded by :func:`readiness_timeout`) for the load's guest (NIC ``mac``) to answer, then
+    run post-load; ``first`` runs in the guest before it, on post-load's own SSH session where
+    post-load is ``ssh``."""
+    r, settings, domain_name = ctx.reservation, ctx.settings, ctx.layout.domain_name
     budget = readiness_timeout(r, settings)
-    start = time.monotonic()
-    address = find_address(host, domain_name, r, mac, budget)
+    start = time.monotonic()  # the budget's start: a deadline, not a step timing
+    address = find_address(ctx.host, domain_name, r, mac, budget)
     ready = wait_for_port(address, r.readiness_port, deadline=max(budget - (time.monotonic() - start), 1.0))
     answered = time.monotonic() - start
     log.info(
@@ -103,7 +103,7 @@ def _run_post_load(
     step = postload.resolve_post_load(settings.post_load)
     if step is None and first is None:
         return 0.0
-    t0 = time.monotonic()
+    watch = Stopwatch()
     while True:
         try:
             if step is postload.ssh_post_load:
@@ -113,7 +113,7 @@ def _run_post_load(
                     _first_alone(r, address, first)
                 if step is not None:
                     step(r, address)
-            return time.monotonic() - t0
+            return watch.elapsed()
         except TransientError as exc:
             # sshd may answer its banner a moment before it accepts logins: retry within the budget.
             if time.monotonic() >= deadline:
@@ -132,26 +132,26 @@ def _first_alone(r: Reservation, address: str, first: postload.SessionStep) -> N
         log.warning("%s: no SSH session before post-load: %s", address, exc)
 
 
-def probe_status(host: LibvirtHost, domain_name: str, r: Reservation, mac: str | None) -> str:
-    """For node_status: ``ready``, ``post_load`` (answers, post-load not recorded / not answering yet)
-    or ``reload`` (the guest says it holds another revision, or was tainted)."""
+def probe_status(host: LibvirtHost, domain_name: str, r: Reservation, mac: str | None) -> NodeStatus:
+    """For node_status: READY, POST_LOAD (answers, post-load not recorded / not answering yet) or
+    RELOAD (the guest says it holds another revision, or was tainted)."""
     try:
         address = find_address(host, domain_name, r, mac, STATUS_PROBE_SECONDS)
         wait_for_port(address, r.readiness_port, deadline=STATUS_PROBE_SECONDS)
     except GuestNotReadyError:
-        return "post_load"
+        return NodeStatus.POST_LOAD
     try:
         recorded = postload.read_currentimage(r, address)
     except (TransientError, PermanentError) as exc:
         log.info("node_status: %s answers but currentimage.txt cannot be read: %s", domain_name, exc)
-        return "post_load"
+        return NodeStatus.POST_LOAD
     if not r.management_node_keys:
-        return "ready"  # no identity to look inside with: answering is all VCL could check either
+        return NodeStatus.READY  # no identity to look inside with: answering is all VCL could check either
     if recorded is None or recorded.get("imagerevision_id") != str(r.imagerevision_id):
-        return "reload"
+        return NodeStatus.RELOAD
     if postload.TAINTED_MARK in recorded:
-        return "reload"
-    return "ready" if postload.POST_LOAD_MARK in recorded else "post_load"
+        return NodeStatus.RELOAD
+    return NodeStatus.READY if postload.POST_LOAD_MARK in recorded else NodeStatus.POST_LOAD
 
 
 __all__ = [

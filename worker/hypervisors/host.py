@@ -11,12 +11,12 @@ import contextlib
 import logging
 import os
 import threading
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import libvirt
 
+from worker.hypervisors.domain_xml import parse_xml
 from worker.hypervisors.errors import (
     AmbiguousDomainError,
     DomainNotFoundError,
@@ -144,7 +144,7 @@ class LibvirtHost:
         return self.call("getCapabilities", lambda c: str(c.getCapabilities()))
 
     def offers_domain_type(self, domain_type: str, arch: str | None = None) -> bool:
-        root = ET.fromstring(self.capabilities_xml())  # noqa: S314 (libvirt or admin XML)
+        root = parse_xml(self.capabilities_xml())
         for guest in root.findall("guest"):
             a = guest.find("arch")
             if a is None or (arch is not None and a.get("name") != arch):
@@ -176,12 +176,12 @@ class LibvirtHost:
             raise DomainNotFoundError(f"domain {name!r} does not exist on {self.uri}")
         return guest
 
-    def define(self, xml: str, autostart: bool = True) -> Guest:
+    def define(self, xml: str, *, autostart: bool = True) -> Guest:
         """``defineXML`` (a definition with the same UUID is updated in place), then autostart."""
         guest = self.call("defineXML", lambda c: Guest(self, c.defineXML(xml)))
         if autostart:
             try:
-                guest.set_autostart(True)
+                guest.set_autostart(on=True)
             except PermanentError as exc:  # VCL: an autostart failure is only logged
                 log.warning("autostart of %s failed: %s", guest.name, exc)
         return guest

@@ -14,7 +14,6 @@ import os
 import re
 from collections.abc import Sequence
 
-from worker.config import Settings, get_settings
 from worker.hypervisors import naming
 from worker.hypervisors.drivers.base import MasterImage
 from worker.hypervisors.errors import InvalidInputError
@@ -54,11 +53,12 @@ def _rooted(r: Reservation, roots: Sequence[str]) -> tuple[str, str, str | None]
 class Layout:
     """Names and paths of one reservation; ``image_name`` arguments default to its revision's.
 
-    ``settings`` gives the allowed roots (the process's settings when omitted)."""
+    ``roots`` are the allowed roots (``Settings.roots``, already resolved): every vmprofile path
+    must resolve under one of them."""
 
-    def __init__(self, reservation: Reservation, settings: Settings | None = None) -> None:
+    def __init__(self, reservation: Reservation, *, roots: Sequence[str]) -> None:
         _validate(reservation)
-        self.roots = (settings or get_settings()).roots
+        self.roots = tuple(roots)
         self.datastore_path, self.vm_path, self.repository_path = _rooted(reservation, self.roots)
         r = self.reservation = reservation
         vp = r.vmprofile

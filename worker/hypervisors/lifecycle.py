@@ -7,27 +7,22 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from enum import Enum
 
-from worker.hypervisors import domain_xml, naming, qemuimg
+from worker.hypervisors import naming, qemuimg
+from worker.hypervisors.domain_xml import ParsedDomain
 from worker.hypervisors.errors import PermanentError
-from worker.hypervisors.guest import Guest
+from worker.hypervisors.guest import Guest, PowerState
 from worker.hypervisors.guest_access import probe_status
 from worker.hypervisors.host import LibvirtHost
 from worker.hypervisors.layout import Layout
+from worker.hypervisors.node_status import NodeStatus
 from worker.hypervisors.roots import is_under
 
 log = logging.getLogger(__name__)
 _COMPUTER_PREFIX_RE = re.compile(r"^([^:_]+)[:_]")
 
 
-class NodeStatus(str, Enum):  # noqa: UP042 (API fixed as str+Enum)
-    READY = "READY"
-    POST_LOAD = "POST_LOAD"
-    RELOAD = "RELOAD"
-
-
-def remove_domain(guest: Guest, image_state: bool, roots: Sequence[str] | None = None) -> None:
+def remove_domain(guest: Guest, *, image_state: bool, roots: Sequence[str] | None = None) -> None:
     """VCL delete_domain: power off, snapshots, disks, undefine.
 
     In the image state every disk goes (it is the captured COW); otherwise only disks named after the
@@ -46,7 +41,7 @@ def remove_domain(guest: Guest, image_state: bool, roots: Sequence[str] | None =
 
 
 def remove_computer_domains(
-    host: LibvirtHost, computer_short_name: str, image_state: bool, roots: Sequence[str] | None = None
+    host: LibvirtHost, computer_short_name: str, *, image_state: bool, roots: Sequence[str] | None = None
 ) -> list[str]:
     """Delete every domain named ``<short>_…``/``<short>:…`` (delete_existing_domains); their names.
 
@@ -55,13 +50,13 @@ def remove_computer_domains(
     removed = []
     for guest in host.list_guests():
         if naming.is_computer_domain(guest.name, computer_short_name):
-            remove_domain(guest, image_state, roots)
+            remove_domain(guest, image_state=image_state, roots=roots)
             removed.append(guest.name)
     return removed
 
 
 def node_status(
-    host: LibvirtHost, layout: Layout, info_timeout: float, probe_guest: bool = True
+    host: LibvirtHost, layout: Layout, info_timeout: float, *, probe_guest: bool = True
 ) -> NodeStatus:
     """VCL's node_status (Provisioning.pm), with the disk checks libvirt.pm never made.
 
@@ -79,7 +74,8 @@ def node_status(
     if guest.is_active():
         # A running guest's overlay is locked by QEMU; libvirt's live XML already names its backing
         # file, so the lock is never forced (no qemu-img -U on a disk in use).
-        backing = domain_xml.disk_backing_file(guest.xml(), cow)
+        live = ParsedDomain.parse_or_none(guest.xml())
+        backing = live.backing_file(cow) if live is not None else None
     else:
         try:
             inf = qemuimg.info(cow, layout.datastore_imagetype, timeout=info_timeout)
@@ -89,13 +85,12 @@ def node_status(
         backing = inf.full_backing_filename or inf.backing_filename
     if not backing or os.path.realpath(backing) != os.path.realpath(layout.master_path()):
         return NodeStatus.RELOAD
-    if guest.power_status() != "on":
+    if guest.power_status() != PowerState.ON:
         return NodeStatus.POST_LOAD
     if not probe_guest:
         return NodeStatus.READY
     macs = guest.mac_addresses()
-    status = probe_status(host, guest.name, layout.reservation, macs[0] if macs else None)
-    return {"ready": NodeStatus.READY, "post_load": NodeStatus.POST_LOAD}.get(status, NodeStatus.RELOAD)
+    return probe_status(host, guest.name, layout.reservation, macs[0] if macs else None)
 
 
 __all__ = ["NodeStatus", "node_status", "remove_computer_domains", "remove_domain"]

@@ -101,6 +101,7 @@ def domain_name(
     image_prettyname: str,
     image_id: int,
     revision: int,
+    *,
     max_length: int = DOMAIN_NAME_MAX_LENGTH,
 ) -> str:
     """``libvirt.pm:get_domain_name`` for states other than image/checkpoint, with the 48-char rule."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 import ipaddress
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import libvirt
 
+from worker.hypervisors.domain_xml import parse_xml
 from worker.hypervisors.errors import InvalidInputError, PermanentError
 from worker.hypervisors.host import LibvirtHost
 
@@ -25,6 +27,14 @@ class NetworkNotFoundError(PermanentError):
 
 class DhcpConflictError(PermanentError):
     """The address is reserved for another MAC of another name: refusing to take it over."""
+
+
+class DhcpChange(StrEnum):
+    """What :meth:`LibvirtNetwork.ensure_dhcp_host` did; equal to its plain strings."""
+
+    UNCHANGED = "unchanged"
+    ADDED = "added"
+    MODIFIED = "modified"
 
 
 @dataclass(frozen=True)
@@ -83,10 +93,11 @@ class LibvirtNetwork:
             raise NetworkNotFoundError(f"libvirt network {self.name!r} does not exist")
         return net
 
-    def _xml(self, inactive: bool = False) -> ET.Element:
+    def _xml(self, *, inactive: bool = False) -> ET.Element:
         flags = libvirt.VIR_NETWORK_XML_INACTIVE if inactive else 0
-        text = self.host.call(f"network {self.name} XMLDesc", lambda _c: self._net().XMLDesc(flags))
-        return ET.fromstring(text)  # noqa: S314 (libvirt's own XML)
+        return parse_xml(
+            self.host.call(f"network {self.name} XMLDesc", lambda _c: self._net().XMLDesc(flags))
+        )
 
     def is_active(self) -> bool:
         return bool(self.host.call(f"network {self.name} isActive", lambda _c: self._net().isActive()))
@@ -102,9 +113,9 @@ class LibvirtNetwork:
             for ip in self._xml().iter("ip")
         )
 
-    def dhcp_hosts(self, inactive: bool = False) -> list[DhcpHost]:
+    def dhcp_hosts(self, *, inactive: bool = False) -> list[DhcpHost]:
         out = []
-        for host in self._xml(inactive).iterfind("ip/dhcp/host"):
+        for host in self._xml(inactive=inactive).iterfind("ip/dhcp/host"):
             mac, ip = host.get("mac"), host.get("ip")
             if mac and ip:
                 out.append(DhcpHost(normalize_mac(mac), ip, host.get("name")))
@@ -126,8 +137,8 @@ class LibvirtNetwork:
 
         self.host.call(f"network {self.name} update dhcp host {entry.mac}", update)
 
-    def ensure_dhcp_host(self, mac: str, ip: str, name: str | None = None) -> str:
-        """Reserve ``ip`` for ``mac``; idempotent. Returns "unchanged", "added" or "modified".
+    def ensure_dhcp_host(self, mac: str, ip: str, name: str | None = None) -> DhcpChange:
+        """Reserve ``ip`` for ``mac``; idempotent. Returns what it changed.
 
         Applied to the running network and its persistent definition alike.
         """
@@ -146,11 +157,11 @@ class LibvirtNetwork:
         mine = [h for h in hosts if h.mac == want.mac]
         if not mine:
             self._update(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, want)
-            return "added"
+            return DhcpChange.ADDED
         if mine[0].ip == want.ip and (name is None or mine[0].name == name):
-            return "unchanged"
+            return DhcpChange.UNCHANGED
         self._update(libvirt.VIR_NETWORK_UPDATE_COMMAND_MODIFY, want)
-        return "modified"
+        return DhcpChange.MODIFIED
 
     def remove_dhcp_host(self, mac: str) -> bool:
         """Drop the reservation of ``mac``; False when there was none."""

@@ -17,7 +17,6 @@ import importlib
 import logging
 import shlex
 import socket
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ import paramiko
 
 from worker.hypervisors.errors import PermanentError, TransientError
 from worker.reservation import Reservation
+from worker.timing import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +161,14 @@ def ssh_post_load(r: Reservation, address: str, first: SessionStep | None = None
     if login is None:
         log.info("%s: management node has no SSH keys; post-load skipped", r.computer_short_name)
         return
-    started = time.monotonic()
+    watch = Stopwatch()
     with GuestShell(login) as shell:
         if first is not None:
             first(shell)
         shell.check(["hostname", r.computer_short_name])
         shell.check(["tee", "/etc/hostname"], stdin=r.computer_short_name + "\n")
         shell.check(["tee", CURRENTIMAGE_PATH], stdin=currentimage_text(r, datetime.now(UTC)))
-    log.info("%s: post-load done in %.1f s", r.computer_short_name, time.monotonic() - started)
+    log.info("%s: post-load done in %.1f s", r.computer_short_name, watch.elapsed())
 
 
 def in_session(r: Reservation, address: str, step: SessionStep) -> bool:

@@ -11,19 +11,21 @@ from __future__ import annotations
 import logging
 import re
 
-from worker.config import Settings, get_settings
+from worker.config import Settings
 from worker.hypervisors import capture as capture_module
 from worker.hypervisors import load as load_module
 from worker.hypervisors.boot_snapshot_files import remove_computer_snapshots
 from worker.hypervisors.capture import CaptureResult
+from worker.hypervisors.context import OperationContext
 from worker.hypervisors.domain_spec import resolve_switch
 from worker.hypervisors.drivers.base import Driver, select_driver
 from worker.hypervisors.errors import InvalidInputError
 from worker.hypervisors.guest import Guest
 from worker.hypervisors.host import LibvirtHost, get_host
 from worker.hypervisors.layout import Layout
-from worker.hypervisors.lifecycle import NodeStatus, node_status, remove_computer_domains
+from worker.hypervisors.lifecycle import node_status, remove_computer_domains
 from worker.hypervisors.load import LoadResult
+from worker.hypervisors.node_status import NodeStatus
 from worker.hypervisors.progress import Progress, ProgressCallback, ProgressEvent
 from worker.reservation import Reservation
 
@@ -34,14 +36,17 @@ _NETWORK_CHECK_STATES = re.compile(r"(new|reload|reinstall|test)")
 
 
 class LibvirtProvisioner:
+    """``settings`` are the caller's (the core never reads the process's); ``host`` defaults to the
+    process's cached connection to ``settings.libvirt_uri``."""
+
     def __init__(
-        self, reservation: Reservation, settings: Settings | None = None, host: LibvirtHost | None = None
+        self, reservation: Reservation, *, settings: Settings, host: LibvirtHost | None = None
     ) -> None:
-        self.settings = settings or get_settings()
+        self.settings = settings
         # Validates every name, path (under the configured roots) and MAC before anything else.
-        self.layout = Layout(reservation, self.settings)
+        self.layout = Layout(reservation, roots=settings.roots)
         self.reservation = reservation
-        self.host = host or get_host(self.settings.libvirt_uri)
+        self.host = host or get_host(settings.libvirt_uri)
         self._driver: Driver | None = None
 
     def initialize(self) -> None:
@@ -97,7 +102,7 @@ class LibvirtProvisioner:
         vmhostid NULL) is the task's. Returns the domains removed."""
         short = self.reservation.computer_short_name
         removed = remove_computer_domains(
-            self.host, short, self.reservation.request_state == "image", self.settings.roots
+            self.host, short, image_state=self.reservation.request_state == "image", roots=self.settings.roots
         )
         snapshots = remove_computer_snapshots(self.layout.vm_path, short, self.layout.datastore_imagetype)
         if snapshots:
@@ -105,12 +110,16 @@ class LibvirtProvisioner:
         return removed
 
     # ------------------------------------------------------------------ load / capture
-    def load(self, progress: ProgressCallback | None = None) -> LoadResult:
-        return load_module.load(self.host, self.driver, self.layout, self.settings, Progress(progress))
+    def _context(self, progress: ProgressCallback | None) -> OperationContext:
+        """A fresh context (and stopwatch) per operation."""
+        return OperationContext(self.host, self.driver, self.layout, self.settings, Progress(progress))
 
-    def capture(self, progress: ProgressCallback | None = None) -> CaptureResult:
+    def load(self, *, progress: ProgressCallback | None = None) -> LoadResult:
+        return load_module.load(self._context(progress))
+
+    def capture(self, *, progress: ProgressCallback | None = None) -> CaptureResult:
         """Shut down, flatten into the new master (and repository); the domain stays (see below)."""
-        return capture_module.capture(self.host, self.driver, self.layout, self.settings, Progress(progress))
+        return capture_module.capture(self._context(progress))
 
     def captured_master(self, new_image_name: str) -> str | None:
         """The new revision's complete master if an earlier delivery already wrote it, else None."""

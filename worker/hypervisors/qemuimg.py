@@ -49,7 +49,7 @@ class Limits:
 REPOSITORY_LIMITS = Limits()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ImageInfo:
     filename: str
     format: str
@@ -63,7 +63,7 @@ class ImageInfo:
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckResult:
     ok: bool
     corruptions: int
@@ -192,7 +192,7 @@ def _fmt(flag: str, fmt: str | None) -> list[str]:
     return [flag, fmt] if fmt else []
 
 
-def _share(force_share: bool) -> list[str]:
+def _share(*, force_share: bool) -> list[str]:
     return ["-U"] if force_share else []
 
 
@@ -224,7 +224,7 @@ def info(
     ("Failed to get shared write lock"); masters (only ever opened read-only) are read as usual."""
     if not os.path.exists(path):
         raise QemuImgError(f"qemu-img info: {path} does not exist")
-    args = ["info", "--output=json", *_share(force_share), *_fmt("-f", fmt), path]
+    args = ["info", "--output=json", *_share(force_share=force_share), *_fmt("-f", fmt), path]
     done = _run(args, timeout, limits=limits)
     if done.rc != 0:
         raise _fail(args, done)
@@ -303,7 +303,7 @@ def convert(
     srcs = [sources] if isinstance(sources, str) else list(sources)
     part = f"{dst}.part"
     os.makedirs(os.path.dirname(os.path.abspath(dst)) or ".", exist_ok=True)
-    base = ["convert", "-p", *_share(force_share), *_fmt("-f", src_fmt), *srcs, "-O", out_fmt]
+    base = ["convert", "-p", *_share(force_share=force_share), *_fmt("-f", src_fmt), *srcs, "-O", out_fmt]
     try:
         _precreate(part)
         args = [*base, "-o", f"compat={compat}", part] if compat else [*base, part]
@@ -331,7 +331,7 @@ def compare(
     force_share: bool = False,
 ) -> bool:
     """``qemu-img compare [-U] [-f] [-F] a b``: True when the guest-visible contents are identical."""
-    args = ["compare", *_share(force_share), *_fmt("-f", fmt_a), *_fmt("-F", fmt_b), a, b]
+    args = ["compare", *_share(force_share=force_share), *_fmt("-f", fmt_a), *_fmt("-F", fmt_b), a, b]
     done = _run(args, timeout)
     if done.rc in (0, 1):
         return done.rc == 0
@@ -342,7 +342,7 @@ def check(
     path: str, fmt: str | None = None, timeout: float = 600, *, force_share: bool = False
 ) -> CheckResult:
     """``qemu-img check --output=json``: exit 0 clean, 2 corruptions, 3 leaks only; else an error."""
-    args = ["check", "--output=json", *_share(force_share), *_fmt("-f", fmt), path]
+    args = ["check", "--output=json", *_share(force_share=force_share), *_fmt("-f", fmt), path]
     done = _run(args, timeout)
     if done.rc not in (0, 2, 3):
         raise _fail(args, done)

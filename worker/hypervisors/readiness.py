@@ -36,7 +36,7 @@ class Ready:
     attempts: int
 
 
-def _try_once(address: str, port: int, timeout: float, want_banner: bool) -> tuple[bool, str]:
+def _try_once(address: str, port: int, timeout: float, *, want_banner: bool) -> tuple[bool, str]:
     """(ready, what was seen)."""
     try:
         with socket.create_connection((address, port), timeout=timeout) as sock:
@@ -88,7 +88,9 @@ def wait_for_port(
         if remaining <= 0:
             raise GuestNotReadyError(address, port, clock() - start, last_seen)
         attempts += 1
-        ok, last_seen = _try_once(address, port, min(try_timeout, max(remaining, 0.05)), want_banner)
+        ok, last_seen = _try_once(
+            address, port, min(try_timeout, max(remaining, 0.05)), want_banner=want_banner
+        )
         if ok:
             banner = last_seen if want_banner else ""
             return Ready(seconds=clock() - start, banner=banner, attempts=attempts)

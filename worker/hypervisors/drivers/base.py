@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 CopyProgress = Callable[[float], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MasterImage:
     """One image revision's master in the datastore, and the repository a missing one is copied from."""
 
@@ -49,7 +49,7 @@ class DiskOptions:
     convert_timeout: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PreparedDisk:
     """What :meth:`Driver.prepare_disk` made: the domain's disk and the master it is backed by."""
 
