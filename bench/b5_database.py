@@ -8,6 +8,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from bench.b4_capture import CAPTURE_COMPUTER
 from bench.common import med, ratio, timeit
 from bench.stack import BenchStack
@@ -17,7 +19,9 @@ from worker.db.store import VclStore
 from worker.devkit.database import create_test_database, drop_test_database
 from worker.devkit.site import seed_poll_requests
 from worker.devkit.sqlcount import counting_statements, statement_kinds
-from worker.tasks import flows
+from worker.tasks.capture_flow import run_capture
+from worker.tasks.deps import TaskDeps
+from worker.tasks.flows import run_load
 
 
 class _Hooks:
@@ -40,12 +44,16 @@ class _Hooks:
 def _statement_counts(stack: BenchStack) -> dict[str, Any]:
     idx = CAPTURE_COMPUTER + 1
     hooks = _Hooks()
+    # The stack's store and settings, and the Redis of its locks: what a task resolves from wiring.
+    deps = TaskDeps(
+        store=stack.store, settings=stack.settings, kv=redis.Redis.from_url(stack.settings.lock_redis_url)
+    )
     stack.reset_computer(idx)
     res = stack.new_reservation(idx)
     with counting_statements(stack.engine) as read_stmts:
         stack.store.load_reservation(res)
     with counting_statements(stack.engine) as load_stmts:
-        value = flows.run_load(hooks, res)
+        value = run_load(hooks, res, deps=deps)
     conn = stack.conn()
     try:
         conn.lookupByName(value["domain"]).destroy()
@@ -53,7 +61,7 @@ def _statement_counts(stack: BenchStack) -> dict[str, Any]:
         conn.close()
     _req, cap_res, _rev = stack.capture_request(idx)
     with counting_statements(stack.engine) as capture_stmts:
-        cap = flows.run_capture(hooks, cap_res)
+        cap = run_capture(hooks, cap_res, deps=deps)
     Path(cap["disks"]["master"]).chmod(0o644)
     Path(cap["disks"]["master"]).unlink()
     stack.reset_computer(idx)

@@ -21,6 +21,7 @@ from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
+import redis
 from sqlalchemy import insert, text
 
 from bench.stack import RESULTS
@@ -174,9 +175,11 @@ def _cpu_used(before: _CpuSample, after: _CpuSample) -> dict[str, float]:
 def one_round(stack: Stack, hosts: list[Host], n: int) -> dict[str, Any]:
     _insert_due(stack, hosts, n)
     app = _TimedApp(stack.app)
+    # What `vcl-worker dispatch` resolves once: the settings and the Redis where task ids are remembered.
+    settings, kv = stack.settings, redis.Redis.from_url(stack.settings.lock_redis_url)
     cpu_before = _cpu_sample(stack)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    done = dispatch_once(stack.store, app, stack.site.management_node_id)  # type: ignore[arg-type]
+    done = dispatch_once(stack.store, app, stack.site.management_node_id, settings=settings, kv=kv)  # type: ignore[arg-type]
     dispatch_s, dispatch_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     enqueued = [d for d in done if d.action == "enqueued"]
     assert len(enqueued) == n, (
@@ -188,7 +191,7 @@ def one_round(stack: Stack, hosts: list[Host], n: int) -> dict[str, Any]:
         stack.one("SELECT COUNT(*) FROM request WHERE stateid=(SELECT id FROM state WHERE name='pending')")[0]
     )
     t0 = time.perf_counter()
-    dispatch_once(stack.store, app, stack.site.management_node_id)  # type: ignore[arg-type]
+    dispatch_once(stack.store, app, stack.site.management_node_id, settings=settings, kv=kv)  # type: ignore[arg-type]
     next_pass_s = time.perf_counter() - t0
     latencies: list[float] = []
     finished_at: list[float] = []

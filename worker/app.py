@@ -40,6 +40,7 @@ def route_task(
         reservation_id = kwargs.get("reservation_id")
     if reservation_id is None:
         return None
+    # Lazy (no cycle: wiring never imports the app): only a send without a queue needs the database.
     from worker.wiring import vmhost_for_reservation
 
     host = vmhost_for_reservation(int(reservation_id))

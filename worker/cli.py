@@ -15,23 +15,18 @@ from worker.config import get_settings, redact_url
 from worker.progress_view import wait_with_progress
 
 
-def _store() -> Any:
-    from worker import wiring as runtime
-
-    return runtime.store()
-
-
 def cmd_dispatch(args: argparse.Namespace) -> int:
+    from worker import wiring as runtime
     from worker.app import app
-    from worker.dispatcher import dispatch_once, run_forever
+    from worker.dispatcher import Dispatched, dispatch_once, run_forever
 
-    settings = get_settings()
+    settings = runtime.settings()
     mn = args.management_node or settings.management_node_id
     logging.getLogger(__name__).info(
         "dispatching for management node %s (db %s)", mn, redact_url(settings.database_url)
     )
 
-    def show(done: list[Any]) -> None:
+    def show(done: list[Dispatched]) -> None:
         for d in done:
             print(
                 f"request {d.request_id} reservation {d.reservation_id} [{d.state}] {d.action}"
@@ -40,11 +35,13 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    # Resolved once here, for the whole loop: the dispatcher takes what it needs as arguments.
+    store, kv = runtime.store(), runtime.lock_redis()
     if args.once:
-        show(dispatch_once(_store(), app, mn))
+        show(dispatch_once(store, app, mn, settings=settings, kv=kv))
         return 0
     with contextlib.suppress(KeyboardInterrupt):
-        run_forever(_store(), app, mn, on_pass=show)
+        run_forever(store, app, mn, settings=settings, kv=kv, on_pass=show)
     return 0
 
 
@@ -125,9 +122,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
+    from worker import wiring as runtime
     from worker.reaper import run_reap
 
-    return run_reap(apply=args.apply, vmhost=args.vmhost)
+    return run_reap(
+        runtime.store(), runtime.settings(), runtime.lock_redis(), apply=args.apply, vmhost=args.vmhost
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 from worker.delegated.methods import BY_METHOD, TASK_NAME, call_timeout
+from worker.timing import Stopwatch
 
 
 def add_parser(sub: Any) -> None:
@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_call)
 
 
-def _emit(out: dict[str, Any], as_json: bool) -> int:
+def _emit(out: dict[str, Any], *, as_json: bool) -> int:
     ok = bool(out.get("ok"))
     if as_json:
         print(json.dumps(out, default=str), flush=True)
@@ -66,12 +66,12 @@ def _failed(base: dict[str, Any], error: str) -> dict[str, Any]:
 
 def cmd_call(args: argparse.Namespace) -> int:
     base: dict[str, Any] = {"method": args.method, "reservation_id": args.reservation_id}
-    t0 = time.monotonic()
+    stopwatch = Stopwatch()
     try:
         timeout = args.timeout or call_timeout(args.method)
         queue = args.queue or _route(args.reservation_id)
         if queue is None:
-            return _emit(_failed(base, "reservation or its VM host not found"), args.json)
+            return _emit(_failed(base, "reservation or its VM host not found"), as_json=args.json)
         from celery.exceptions import TimeoutError as CeleryTimeout
 
         from worker.app import app
@@ -80,18 +80,18 @@ def cmd_call(args: argparse.Namespace) -> int:
         result = app.send_task(TASK_NAME, args=task_args, queue=queue)
         base.update(task_id=result.id, queue=queue)
         if not args.wait:
-            return _emit({**base, "ok": True, "result": None, "detail": "sent"}, args.json)
+            return _emit({**base, "ok": True, "result": None, "detail": "sent"}, as_json=args.json)
         try:
             value = result.get(timeout=timeout, propagate=False, interval=0.2)
         except CeleryTimeout:
             # The task may still run on the host; vcld treats this call as failed.
-            return _emit(_failed(base, f"no result within {timeout:g} s"), args.json)
+            return _emit(_failed(base, f"no result within {timeout:g} s"), as_json=args.json)
     except Exception as exc:  # broker, backend or database unreachable: still one JSON answer
-        return _emit(_failed(base, f"{type(exc).__name__}: {exc}"), args.json)
-    base["seconds"] = round(time.monotonic() - t0, 3)
+        return _emit(_failed(base, f"{type(exc).__name__}: {exc}"), as_json=args.json)
+    base["seconds"] = stopwatch.elapsed()
     if result.successful() and isinstance(value, dict):
-        return _emit({**value, **base}, args.json)
-    return _emit(_failed(base, f"task {result.state}: {value!r}"), args.json)
+        return _emit({**value, **base}, as_json=args.json)
+    return _emit(_failed(base, f"task {result.state}: {value!r}"), as_json=args.json)
 
 
 __all__ = ["add_parser", "cmd_call"]

@@ -19,9 +19,8 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from worker.config import Settings, get_settings
+from worker.timing import Stopwatch
 
 DEMO_NETWORK = "vcl-demo"
 DEMO_DATASTORE_ROOT = Path("/var/lib/libvirt/images")
@@ -69,7 +69,7 @@ def _libvirt_uri(console: Console) -> str:
         return "test:///default"
 
 
-def run_demo(keep: bool = False) -> int:
+def run_demo(*, keep: bool = False) -> int:
     # A pipe or CI log gets a wide table instead of rich's 80-column fallback.
     console = Console(width=None if sys.stdout.isatty() else 150)
     # memory:// has no host name; kombu says so on every connection.
@@ -117,6 +117,7 @@ class DemoSite:
     site: Any  # worker.db.seed.SeededSite
     store: Any  # worker.db.store.VclStore
     web: Any  # worker.devkit.site.SiteRequests
+    _: KW_ONLY
     guest: bool  # the real guest (its address and banner are reported), or a blank master
 
 
@@ -147,9 +148,9 @@ def _demo_site(
     from worker.devkit.guest_network import create_dhcp_network, remove_network
     from worker.devkit.libvirt_env import cleanup_domains, connect
 
-    t0 = time.monotonic()
+    building = Stopwatch()
     image = ensure_guest_image()
-    how = "cached" if image.cached else f"built in {time.monotonic() - t0:.0f} s"
+    how = "cached" if image.cached else f"built in {building.elapsed():.0f} s"
     console.print(
         f"test guest: {image.path} ({how}; kernel {image.kernel_version}, SSH key {image.private_key})"
     )
@@ -205,14 +206,15 @@ def _run_cycle(console: Console, settings: Settings, demo: DemoSite) -> int:
         )
     configure(app, settings)
     runtime.configure(settings, store)
+    kv = runtime.lock_redis()  # the embedded worker's too: task ids the dispatcher remembers land there
     queue = vmhost_queue("demohost")
     app.conf.task_default_queue = queue  # the embedded worker consumes the host's queue
     results: list[StepResult] = []
     computer_id = site.computer_ids[0]
 
     def run_step(step: str, on_success: Callable[[Any, float], bool] | None = None) -> bool:
-        t0 = time.monotonic()
-        done = dispatch_once(store, app, site.management_node_id)
+        step_clock = Stopwatch()
+        done = dispatch_once(store, app, site.management_node_id, settings=settings, kv=kv)
         enqueued = [d for d in done if d.action == "enqueued"]
         if len(enqueued) != 1:
             results.append(
@@ -230,7 +232,7 @@ def _run_cycle(console: Console, settings: Settings, demo: DemoSite) -> int:
         d = enqueued[0]
         console.print(f"[bold]{step}[/]: request {d.request_id} ({d.state}) → {d.task_name} on {d.queue}")
         state, value = wait_with_progress(app.AsyncResult(d.task_id), timeout=600)
-        seconds = time.monotonic() - t0
+        seconds = step_clock.elapsed()
         states = store.request_states(d.request_id)
         detail = value.get("detail", "") if isinstance(value, dict) else str(value)
         if isinstance(value, dict) and value.get("domain"):
@@ -301,7 +303,7 @@ def _run_cycle(console: Console, settings: Settings, demo: DemoSite) -> int:
 
 
 def main() -> int:
-    return run_demo()
+    return run_demo(keep=False)
 
 
 if __name__ == "__main__":

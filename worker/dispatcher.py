@@ -17,7 +17,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
+from enum import StrEnum
 from typing import Any
 
 from celery import Celery
@@ -25,6 +26,7 @@ from celery.backends.base import KeyValueStoreBackend
 
 from worker.actions import BY_STATE
 from worker.app import vmhost_queue
+from worker.config import Settings
 from worker.db.claim_batch import ClaimWish
 from worker.db.reservation_row import LIBVIRT_PERL_PACKAGE
 from worker.db.schedule import DueRequest
@@ -32,6 +34,7 @@ from worker.db.store import VclStore
 from worker.db.sweep import PendingClaim
 from worker.delegated.guard import refuse_if_vcld_serves
 from worker.failpoints import failpoint
+from worker.tasks.task_ids import remember_task_ids
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +44,33 @@ DEFAULT_INTERVAL = 12
 _FINISHED = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 
+class SweepVerdict(StrEnum):
+    """What the sweep does with a pending claim (see :func:`sweep_verdict`)."""
+
+    WAIT = "wait"
+    REQUEUE = "requeue"
+    FAIL = "fail"
+
+
+class DispatchAction(StrEnum):
+    """What a pass did with a request (a StrEnum: the CLI prints, and tests compare, the values)."""
+
+    ENQUEUED = "enqueued"
+    REMOVED = "removed"
+    SKIPPED = "skipped"
+    RECLAIMED = "reclaimed"
+    # The sweep's verdicts (SweepVerdict), reported under their own values.
+    REQUEUED = "requeue"
+    FAILED = "fail"
+
+
 @dataclass(frozen=True)
 class Dispatched:
     request_id: int
     reservation_id: int
     state: str
-    action: str  # "enqueued", "removed", "skipped", "reclaimed", "requeued", "failed"
+    action: DispatchAction
+    _: KW_ONLY
     task_name: str | None = None
     task_id: str | None = None
     queue: str | None = None
@@ -61,24 +85,31 @@ def not_ours(perlpackage: str | None) -> str:
 
 
 def dispatch_once(
-    store: VclStore, celery_app: Celery, management_node_id: int, *, sweep_grace: float | None = None
+    store: VclStore,
+    celery_app: Celery,
+    management_node_id: int,
+    *,
+    settings: Settings,
+    kv: Any,
+    sweep_grace: float | None = None,
 ) -> list[Dispatched]:
-    """One pass of vcld's loop for ``management_node_id``; returns what was done with each request."""
-    from worker import wiring as runtime
+    """One pass of vcld's loop for ``management_node_id``; returns what was done with each request.
 
+    ``settings``: the sweep's grace periods; ``kv``: the Redis where task ids are remembered for
+    ``vcl-worker status`` (both resolved once by the caller, e.g. ``vcl-worker dispatch``)."""
     # vcld and the dispatcher must never claim on the same management node (worker/delegated/guard.py).
     refuse_if_vcld_serves(store, management_node_id)
     store.update_lastcheckin(management_node_id)
     # The sweep first: it judges the claims of earlier passes (this pass's are too young to judge).
-    grace = runtime.settings().sweep_grace if sweep_grace is None else sweep_grace
-    done = sweep(store, celery_app, management_node_id, grace)
+    grace = settings.sweep_grace if sweep_grace is None else sweep_grace
+    done = sweep(store, celery_app, management_node_id, grace, settings=settings, kv=kv)
     seen_requests: set[int] = set()
     wishes: list[_Wish] = []
     for due in store.find_due_requests(management_node_id):
         if due.action == "remove":
             # complete/failed requests whose work is over: vcld deletes them (utils.pm:delete_request).
             store.delete_request(due.request_id)
-            done.append(Dispatched(due.request_id, due.reservation_id, due.state, "removed"))
+            done.append(Dispatched(due.request_id, due.reservation_id, due.state, DispatchAction.REMOVED))
             continue
         if due.action != "start":
             done.append(_skip(due, f"check_time={due.action}: preloading is not implemented"))
@@ -95,7 +126,13 @@ def dispatch_once(
             got = store.reclaim(due.request_id, due.reservation_id, due.state)
             log.info("request %s (%s) reclaimed: %s %s", due.request_id, due.state, got.outcome, got)
             done.append(
-                Dispatched(due.request_id, due.reservation_id, due.state, "reclaimed", reason=got.outcome)
+                Dispatched(
+                    due.request_id,
+                    due.reservation_id,
+                    due.state,
+                    DispatchAction.RECLAIMED,
+                    reason=got.outcome,
+                )
             )
             continue
         action = BY_STATE.get(due.state)
@@ -108,7 +145,7 @@ def dispatch_once(
         seen_requests.add(due.request_id)
         claim = ClaimWish(due.request_id, due.reservation_id, due.computer_id, due.state, str(uuid.uuid4()))
         wishes.append(_Wish(claim, action.task_name, vmhost_queue(due.vmhost_short_name)))
-    done.extend(_claim_and_enqueue(store, celery_app, wishes))
+    done.extend(_claim_and_enqueue(store, celery_app, wishes, kv=kv))
     return done
 
 
@@ -119,16 +156,16 @@ class _Wish:
     queue: str
 
 
-def _claim_and_enqueue(store: VclStore, celery_app: Celery, wishes: list[_Wish]) -> list[Dispatched]:
+def _claim_and_enqueue(
+    store: VclStore, celery_app: Celery, wishes: list[_Wish], *, kv: Any
+) -> list[Dispatched]:
     """Claim all of a pass's startable requests at once, publish their tasks over one broker
     connection, then mark the claims sent: a constant number of statements per pass. A request
     another dispatcher claimed first is skipped; if publishing fails, the claims not yet published
     are given back (the published ones stay, marked sent) and the error propagates."""
-    from worker import wiring as runtime
-
     won = {c.request_id for c in store.claim_many([w.claim for w in wishes])}
     done = [
-        Dispatched(w.claim.request_id, w.claim.reservation_id, w.claim.from_state, "skipped",
+        Dispatched(w.claim.request_id, w.claim.reservation_id, w.claim.from_state, DispatchAction.SKIPPED,
                    reason="claimed by another dispatcher")
         for w in wishes if w.claim.request_id not in won
     ]  # fmt: skip
@@ -156,7 +193,7 @@ def _claim_and_enqueue(store: VclStore, celery_app: Celery, wishes: list[_Wish])
         if len(sent) < len(claimed):
             store.drop_many([w.claim for w in claimed[len(sent) :]])
         store.mark_many_sent([w.claim for w in sent])
-        runtime.remember_tasks({w.claim.reservation_id: w.claim.task_id for w in sent})
+        remember_task_ids(kv, {w.claim.reservation_id: w.claim.task_id for w in sent})
     for w in sent:
         c = w.claim
         log.info(
@@ -164,9 +201,10 @@ def _claim_and_enqueue(store: VclStore, celery_app: Celery, wishes: list[_Wish])
         )
         done.append(
             Dispatched(
-                c.request_id, c.reservation_id, c.from_state, "enqueued", w.task_name, c.task_id, w.queue
+                c.request_id, c.reservation_id, c.from_state, DispatchAction.ENQUEUED,
+                task_name=w.task_name, task_id=c.task_id, queue=w.queue,
             )
-        )
+        )  # fmt: skip
     return done
 
 
@@ -208,11 +246,11 @@ def task_states(celery_app: Celery, task_ids: list[str]) -> dict[str, str]:
 
 def _skip(due: DueRequest, reason: str) -> Dispatched:
     log.info("request %s (%s) skipped: %s", due.request_id, due.state, reason)
-    return Dispatched(due.request_id, due.reservation_id, due.state, "skipped", reason=reason)
+    return Dispatched(due.request_id, due.reservation_id, due.state, DispatchAction.SKIPPED, reason=reason)
 
 
-def sweep_verdict(claim: PendingClaim, task_state: str, grace: float, queued_grace: float) -> str:
-    """``wait``, ``requeue`` or ``fail`` for a pending claim whose task is in ``task_state``.
+def sweep_verdict(claim: PendingClaim, task_state: str, grace: float, queued_grace: float) -> SweepVerdict:
+    """WAIT, REQUEUE or FAIL for a pending claim whose task is in ``task_state``.
 
     A task that is over (SUCCESS/FAILURE/REVOKED: e.g. killed by its hard time limit while the
     database was down) left the claim behind: fail it. A task Celery does not know (PENDING) was
@@ -220,20 +258,21 @@ def sweep_verdict(claim: PendingClaim, task_state: str, grace: float, queued_gra
     grace period (for a sent task: the broker's visibility timeout) has passed, re-enqueue it once,
     then fail it. A running or retrying task is left alone."""
     if task_state in _FINISHED:
-        return "fail"
+        return SweepVerdict.FAIL
     if task_state != "PENDING":
-        return "wait"
+        return SweepVerdict.WAIT
     limit = queued_grace if claim.record.sent else grace
     if claim.age < limit:
-        return "wait"
-    return "requeue" if claim.record.requeued == 0 else "fail"
+        return SweepVerdict.WAIT
+    return SweepVerdict.REQUEUE if claim.record.requeued == 0 else SweepVerdict.FAIL
 
 
-def sweep(store: VclStore, celery_app: Celery, management_node_id: int, grace: float) -> list[Dispatched]:
-    """Re-enqueue (exactly once) or fail every ``pending`` claim of this node whose task is lost."""
-    from worker import wiring as runtime
-
-    queued_grace = float(runtime.settings().visibility_timeout)
+def sweep(
+    store: VclStore, celery_app: Celery, management_node_id: int, grace: float, *, settings: Settings, kv: Any
+) -> list[Dispatched]:
+    """Re-enqueue (exactly once) or fail every ``pending`` claim of this node whose task is lost.
+    ``grace``: seconds an unsent claim may wait; a sent one waits the broker's visibility timeout."""
+    queued_grace = float(settings.visibility_timeout)
     done: list[Dispatched] = []
     # Not a claim of this dispatcher's kind (e.g. an image request of vcld's): left alone.
     ours = [
@@ -248,11 +287,14 @@ def sweep(store: VclStore, celery_app: Celery, management_node_id: int, grace: f
         rec = claim.record
         task_state = states.get(rec.task_id, "PENDING")
         verdict = sweep_verdict(claim, task_state, grace, queued_grace)
-        if verdict == "wait":
+        if verdict is SweepVerdict.WAIT:
             continue
-        base = Dispatched(claim.request_id, claim.reservation_id, "pending", verdict, task_id=rec.task_id)
+        action_taken = DispatchAction(verdict.value)
+        base = Dispatched(
+            claim.request_id, claim.reservation_id, "pending", action_taken, task_id=rec.task_id
+        )
         why = f"task {rec.task_id or '(none)'} is {task_state} after {claim.age:.0f} s"
-        if verdict == "fail":
+        if verdict is SweepVerdict.FAIL:
             message = f"{action.task_name}: {why}; the request was never finished"
             if store.fail_stranded(claim.reservation_id, rec.task_id or None, message):
                 log.error("request %s failed by the sweep: %s", claim.request_id, why)
@@ -264,7 +306,7 @@ def sweep(store: VclStore, celery_app: Celery, management_node_id: int, grace: f
         queue = vmhost_queue(claim.vmhost_short_name)
         celery_app.send_task(action.task_name, args=[claim.reservation_id], queue=queue, task_id=new_id)
         store.mark_claim_sent(claim.reservation_id, new_id)
-        runtime.remember_task(claim.reservation_id, new_id)
+        remember_task_ids(kv, {claim.reservation_id: new_id})
         log.warning("request %s re-enqueued as %s on %s: %s", claim.request_id, new_id, queue, why)
         done.append(replace(base, task_name=action.task_name, task_id=new_id, queue=queue, reason=why))
     return done
@@ -274,6 +316,9 @@ def run_forever(
     store: VclStore,
     celery_app: Celery,
     management_node_id: int,
+    *,
+    settings: Settings,
+    kv: Any,
     on_pass: Callable[[list[Dispatched]], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> None:
@@ -285,7 +330,7 @@ def run_forever(
         started = time.monotonic()
         try:
             interval = store.checkin_interval(management_node_id)
-            done = dispatch_once(store, celery_app, management_node_id)
+            done = dispatch_once(store, celery_app, management_node_id, settings=settings, kv=kv)
         except Exception:
             log.exception("dispatch pass failed; retrying after %s s", interval)
             done = []

@@ -44,14 +44,18 @@ import re
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
+from worker.config import Settings
 from worker.db.inventory import HostInventory, UnknownVMHostError
 from worker.db.store import VclStore
 from worker.hypervisors import qemuimg
 from worker.hypervisors.boot_snapshot_files import file_re as snapshot_file_re
 from worker.hypervisors.errors import InvalidInputError, PermanentError, ProvisioningError
-from worker.hypervisors.host import LibvirtHost
+from worker.hypervisors.host import LibvirtHost, get_host
 from worker.hypervisors.roots import under_roots
+from worker.tasks.locks import computer_lock
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +71,15 @@ RECHECKED_LIVE = "live again when re-checked under the computer lock"
 NOT_REMOVED = "not removed:"
 
 
+class OrphanKind(StrEnum):
+    DOMAIN = "domain"
+    OVERLAY = "overlay"
+    SNAPSHOT = "snapshot"  # a boot snapshot's file
+
+
 @dataclass(frozen=True)
 class Orphan:
-    kind: str  # "domain", "overlay" or "snapshot" (a boot snapshot's file)
+    kind: OrphanKind
     name: str  # domain name or absolute file path
     computer: str
     reason: str
@@ -87,15 +97,15 @@ class ReapPlan:
 
     @property
     def domains(self) -> list[Orphan]:
-        return [o for o in self.orphans if o.kind == "domain"]
+        return [o for o in self.orphans if o.kind == OrphanKind.DOMAIN]
 
     @property
     def overlays(self) -> list[Orphan]:
-        return [o for o in self.orphans if o.kind == "overlay"]
+        return [o for o in self.orphans if o.kind == OrphanKind.OVERLAY]
 
     @property
     def snapshots(self) -> list[Orphan]:
-        return [o for o in self.orphans if o.kind == "snapshot"]
+        return [o for o in self.orphans if o.kind == OrphanKind.SNAPSHOT]
 
 
 def _why_dead(site: HostInventory, short: str, imageid: int, rev: int) -> str | None:
@@ -120,16 +130,10 @@ def _ids(site: HostInventory, short: str) -> tuple[int, ...]:
     return tuple(sorted(c.id for c in site.computers.get(short, ())))
 
 
-def plan_reap(
-    store: VclStore, host: LibvirtHost, vmhost_name: str, roots: Sequence[str] | None = None
-) -> ReapPlan:
+def plan_reap(store: VclStore, host: LibvirtHost, vmhost_name: str, roots: Sequence[str]) -> ReapPlan:
     """Work out (without changing anything) which domains and overlays are orphans.
     Raises :class:`~worker.db.inventory.UnknownVMHostError` for an unknown ``vmhost_name`` and
-    :class:`InvalidInputError` for a vmpath outside ``roots`` (default: the settings' roots)."""
-    if roots is None:
-        from worker.config import get_settings
-
-        roots = get_settings().roots
+    :class:`InvalidInputError` for a vmpath outside ``roots`` (the settings' ``roots``)."""
     site = store.host_inventory(vmhost_name)
     # vmpath comes from the database: nothing is listed (or later removed) outside the roots
     vmpath = under_roots(site.vmpath, roots, f"vmprofile.vmpath of vmhost {vmhost_name!r}")
@@ -150,7 +154,7 @@ def plan_reap(
                 plan.kept.append((name, "live"))
             continue
         assert m is not None
-        plan.orphans.append(Orphan("domain", name, m["short"], why, _ids(site, m["short"])))
+        plan.orphans.append(Orphan(OrphanKind.DOMAIN, name, m["short"], why, _ids(site, m["short"])))
         orphan_disks |= disks
     overlay_re = re.compile(
         r"^(?P<short>[^_/]+)_(?P<imageid>\d+)-v(?P<rev>\d+)\." + re.escape(site.imagetype) + r"$"
@@ -197,7 +201,7 @@ def plan_reap(
         if os.path.realpath(path) in backing_in_use:
             plan.kept.append((path, "backing file of another file"))
             continue
-        plan.orphans.append(Orphan("overlay", path, short, why, _ids(site, short)))
+        plan.orphans.append(Orphan(OrphanKind.OVERLAY, path, short, why, _ids(site, short)))
     _plan_snapshots(plan, site, vmpath)
     return plan
 
@@ -217,7 +221,9 @@ def _plan_snapshots(plan: ReapPlan, site: HostInventory, vmpath: str) -> None:
             if why is None:
                 plan.kept.append((entry.path, "live boot snapshot"))
             else:
-                plan.orphans.append(Orphan("snapshot", entry.path, m["short"], why, _ids(site, m["short"])))
+                plan.orphans.append(
+                    Orphan(OrphanKind.SNAPSHOT, entry.path, m["short"], why, _ids(site, m["short"]))
+                )
 
 
 Replan = Callable[[], ReapPlan]
@@ -229,7 +235,7 @@ def _still_orphan(o: Orphan, replan: Replan) -> bool:
 
 
 def _remove(o: Orphan, host: LibvirtHost) -> bool:
-    if o.kind == "domain":
+    if o.kind == OrphanKind.DOMAIN:
         g = host.lookup_guest(o.name)
         if g is None:
             return False
@@ -274,8 +280,6 @@ def apply_plan(plan: ReapPlan, host: LibvirtHost, replan: Replan, lock_for: Lock
 @contextlib.contextmanager
 def computer_locks(client: object, ids: Sequence[int]) -> Iterator[object]:
     """Every lock of ``ids`` (sorted: two reapers never wait on each other crosswise)."""
-    from worker.tasks.locks import computer_lock
-
     with contextlib.ExitStack() as stack:
         for cid in sorted(set(ids)):
             stack.enter_context(computer_lock(client, cid, ttl=REAP_LOCK_TTL, wait=REAP_LOCK_WAIT))
@@ -308,7 +312,7 @@ def check_this_host(vmhost: str, host: LibvirtHost, aliases: str = "") -> None:
         )
 
 
-def format_plan(plan: ReapPlan, applied: bool) -> Iterable[str]:
+def format_plan(plan: ReapPlan, *, applied: bool) -> Iterable[str]:
     verb = "removed" if applied else "would remove"
     yield f"vmhost {plan.vmhost} (vmhost.id {plan.vmhost_id}), vmpath {plan.vmpath}"
     for o in plan.orphans:
@@ -323,17 +327,13 @@ def format_plan(plan: ReapPlan, applied: bool) -> Iterable[str]:
     )
 
 
-def run_reap(apply: bool, vmhost: str | None = None) -> int:
-    """CLI entry: 0 on success, 2 when the VM host cannot be determined or is not this host."""
-    from worker import wiring as runtime
-    from worker.hypervisors.host import get_host
-
+def run_reap(store: VclStore, settings: Settings, kv: Any, *, apply: bool, vmhost: str | None = None) -> int:
+    """CLI entry: 0 on success, 2 when the VM host cannot be determined or is not this host.
+    ``kv``: the Redis of the computer locks (taken only with ``apply``)."""
     name = vmhost or os.environ.get("VCL_VMHOST")
     if not name:
         print("vcl-worker reap: give --vmhost NAME or set VCL_VMHOST", flush=True)
         return 2
-    settings = runtime.settings()
-    store = runtime.store()
     host = get_host(settings.libvirt_uri)
     roots = settings.roots
     try:
@@ -344,20 +344,20 @@ def run_reap(apply: bool, vmhost: str | None = None) -> int:
         print(f"vcl-worker reap: {exc}", flush=True)
         return 2
     if apply:
-        client = runtime.lock_redis()
         apply_plan(
             plan,
             host,
             lambda: plan_reap(store, host, name, roots),
-            lambda ids: computer_locks(client, ids),
+            lambda ids: computer_locks(kv, ids),
         )
-    for line in format_plan(plan, apply):
+    for line in format_plan(plan, applied=apply):
         print(line, flush=True)
     return 0
 
 
 __all__ = [
     "Orphan",
+    "OrphanKind",
     "ReapPlan",
     "apply_plan",
     "check_this_host",

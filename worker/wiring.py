@@ -7,7 +7,6 @@ database pool or socket from its parent (see ``reset_after_fork``).
 from __future__ import annotations
 
 import threading
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +16,8 @@ from worker.config import Settings, get_settings
 from worker.db.engine import make_engine, make_session_factory
 from worker.db.store import VclStore
 from worker.inprocess_kv import InProcessKV
-
-_TASK_KEY = "vcl:task:reservation:{}"
-_TASK_KEY_TTL = 30 * 24 * 3600
+from worker.tasks.deps import TaskDeps
+from worker.tasks.task_ids import remember_task_ids, task_id_for
 
 
 @dataclass
@@ -82,25 +80,15 @@ def vmhost_for_reservation(reservation_id: int) -> str | None:
     return store().vmhost_short_name(reservation_id)
 
 
+def task_deps() -> TaskDeps:
+    """Everything a task delivery needs from this process, resolved once at the task's entry."""
+    return TaskDeps(store=store(), settings=settings(), kv=lock_redis())
+
+
 def remember_task(reservation_id: int, task_id: str) -> None:
     """Record the newest task of a reservation so ``vcl-worker status`` can find it."""
-    remember_tasks({reservation_id: task_id})
-
-
-def remember_tasks(task_ids: dict[int, str]) -> None:
-    """:func:`remember_task` for a whole dispatcher pass in one round trip."""
-    # Bookkeeping only: never fail a task or a dispatch for it.
-    if not task_ids:
-        return
-    with suppress(redis.RedisError):
-        pipe = lock_redis().pipeline(transaction=False)
-        for reservation_id, task_id in task_ids.items():
-            pipe.set(_TASK_KEY.format(reservation_id), task_id, ex=_TASK_KEY_TTL)
-        pipe.execute()
+    remember_task_ids(lock_redis(), {reservation_id: task_id})
 
 
 def task_for_reservation(reservation_id: int) -> str | None:
-    raw = lock_redis().get(_TASK_KEY.format(reservation_id))
-    if raw is None:
-        return None
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return task_id_for(lock_redis(), reservation_id)

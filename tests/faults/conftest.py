@@ -17,6 +17,7 @@ from typing import Any
 
 import libvirt
 import pytest
+import redis
 
 from worker.devkit.celery_worker import CeleryWorker
 from worker.devkit.images import make_master, qemu_img_info, sha256
@@ -113,6 +114,11 @@ def send(fs: FaultStack, task: str, reservation_id: int, queue: str | None = Non
     return fs.send(task, reservation_id, queue)
 
 
+def lock_kv(fs: Stack) -> redis.Redis:
+    """The stack's lock Redis: where the dispatcher remembers task ids, as ``vcl-worker dispatch``."""
+    return redis.Redis.from_url(fs.settings.lock_redis_url)
+
+
 # ---------------------------------------------------------------------- checks
 
 
@@ -142,7 +148,7 @@ def loadlog(fs: FaultStack, reservation_id: int) -> list[str]:
 def orphan_overlays(fs: FaultStack) -> list[str]:
     host = LibvirtHost(SYSTEM_URI)
     try:
-        return [o.name for o in plan_reap(fs.store, host, fs.vmhost).orphans]
+        return [o.name for o in plan_reap(fs.store, host, fs.vmhost, fs.settings.roots).orphans]
     finally:
         host.close()
 

@@ -154,14 +154,14 @@ def test_reap_apply_only_on_this_host_and_under_the_computer_lock(fstack: FaultS
         COUNTERS["faults injected"] += 1
         host = LibvirtHost(SYSTEM_URI)
         try:
-            plan = plan_reap(fstack.store, host, fstack.vmhost)
+            plan = plan_reap(fstack.store, host, fstack.vmhost, fstack.settings.roots)
             assert str(orphan) in [o.name for o in plan.overlays]
             request_id, _res, _rev = fstack.capture_request(INDEX)
             try:
                 removed = apply_plan(
                     plan,
                     host,
-                    lambda: plan_reap(fstack.store, host, fstack.vmhost),
+                    lambda: plan_reap(fstack.store, host, fstack.vmhost, fstack.settings.roots),
                     lambda ids: computer_locks(client, ids),
                 )
             finally:

@@ -20,14 +20,22 @@ from worker import dispatcher
 from worker.db.reservation_row import LIBVIRT_PERL_PACKAGE
 from worker.db.seed.data import LIBVIRT_PROVISIONING_ID
 
-from .conftest import COUNTERS, FaultStack, check_loaded, own_reservation, request_states, running_worker
+from .conftest import (
+    COUNTERS,
+    FaultStack,
+    check_loaded,
+    lock_kv,
+    own_reservation,
+    request_states,
+    running_worker,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 
 def _pass(fs: FaultStack, node: int) -> list[dispatcher.Dispatched]:
     """One dispatcher pass on the test's own node; earlier tests' reserved requests (skipped) left out."""
-    done = dispatcher.dispatch_once(fs.store, fs.app, node)
+    done = dispatcher.dispatch_once(fs.store, fs.app, node, settings=fs.settings, kv=lock_kv(fs))
     return [d for d in done if not (d.action == "skipped" and d.state == "reserved")]
 
 

@@ -34,6 +34,7 @@ from .conftest import (
     FaultStack,
     check_loaded,
     loadlog,
+    lock_kv,
     own_reservation,
     request_states,
     running_worker,
@@ -41,10 +42,6 @@ from .conftest import (
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(400)]
-
-
-def _lock_client(fs: FaultStack) -> Any:
-    return redis.Redis.from_url(fs.settings.lock_redis_url)
 
 
 def _assert_failed(fs: FaultStack, res: int, index: int, expect: str) -> None:
@@ -66,19 +63,30 @@ def test_dispatcher_killed_between_claim_and_enqueue(fstack: FaultStack, own_nod
     assert request_states(fstack, res) == ("pending", "new")  # claimed, never enqueued
     with running_worker(fstack, concurrency=1) as worker:
         # Within the grace period the claim is left alone (its task may still be on its way).
-        early = dispatcher.dispatch_once(fstack.store, fstack.app, own_node, sweep_grace=600)
+        early = dispatcher.dispatch_once(
+            fstack.store, fstack.app, own_node, settings=fstack.settings, kv=lock_kv(fstack), sweep_grace=600
+        )
         assert [d for d in early if d.action != "skipped"] == [], early
         time.sleep(2.2)  # the database clock counts whole seconds
         done = [
             d
-            for d in dispatcher.dispatch_once(fstack.store, fstack.app, own_node, sweep_grace=1)
+            for d in dispatcher.dispatch_once(
+                fstack.store,
+                fstack.app,
+                own_node,
+                settings=fstack.settings,
+                kv=lock_kv(fstack),
+                sweep_grace=1,
+            )
             if d.action != "skipped"  # other tests' reserved requests on the node
         ]
         assert [d.action for d in done] == ["requeue"], done
         result = fstack.app.AsyncResult(done[0].task_id).get(timeout=240, propagate=False)
         assert isinstance(result, dict) and result["status"] == "done", f"{result!r}\n{worker.tail(4000)}"
         # Exactly once: later passes find nothing to do.
-        again = dispatcher.dispatch_once(fstack.store, fstack.app, own_node, sweep_grace=1)
+        again = dispatcher.dispatch_once(
+            fstack.store, fstack.app, own_node, settings=fstack.settings, kv=lock_kv(fstack), sweep_grace=1
+        )
         assert [d for d in again if d.action != "skipped"] == [], again
     check_loaded(fstack, res, index)
 
@@ -107,7 +115,7 @@ def test_exhausted_retries_fail_the_reservation(fstack: FaultStack) -> None:
     cid = fstack.site.computer_ids[index]
     env = {"VCL_LOCK_WAIT": "1", "VCL_TASK_MAX_RETRIES": "2", "VCL_RETRY_BACKOFF_MAX": "1"}
     # Another task holds the computer for longer than all retries together.
-    lock = computer_lock(_lock_client(fstack), cid, ttl=300, wait=5, owner="someone-else")
+    lock = computer_lock(lock_kv(fstack), cid, ttl=300, wait=5, owner="someone-else")
     with lock, running_worker(fstack, concurrency=1, **env) as worker:
         result = send(fstack, "vcl.load", res)
         failure = result.get(timeout=120, propagate=False)
@@ -169,8 +177,14 @@ def test_dispatcher_loop_survives_a_database_outage(
         def loop() -> None:
             try:
                 dispatcher.run_forever(
-                    store, fstack.app, own_node, on_pass=on_pass, should_stop=lambda: len(passes) >= 3
-                )  # type: ignore[arg-type]
+                    store,  # type: ignore[arg-type]
+                    fstack.app,
+                    own_node,
+                    settings=fstack.settings,
+                    kv=lock_kv(fstack),
+                    on_pass=on_pass,
+                    should_stop=lambda: len(passes) >= 3,
+                )
             except BaseException as exc:  # the assertion below reports it
                 errors.append(exc)
 

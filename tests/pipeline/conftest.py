@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from worker.devkit.celery_worker import CeleryWorker
 from worker.devkit.stack import Stack, StackConfig, open_stack
@@ -23,3 +24,8 @@ def celery_worker_proc(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -
         yield worker
     finally:
         worker.stop()
+
+
+def lock_kv(stack: Stack) -> redis.Redis:
+    """The stack's lock Redis: where the dispatcher remembers task ids, as ``vcl-worker dispatch``."""
+    return redis.Redis.from_url(stack.settings.lock_redis_url)

@@ -12,6 +12,8 @@ from worker.devkit.celery_worker import CeleryWorker
 from worker.devkit.stack import Stack
 from worker.dispatcher import dispatch_once
 
+from .conftest import lock_kv
+
 
 def test_one_pass_enqueues_all_due_requests_and_announces_each(
     stack: Stack, celery_worker_proc: CeleryWorker
@@ -36,7 +38,9 @@ def test_one_pass_enqueues_all_due_requests_and_announces_each(
 
     requests = [stack.new_request(i, "reload") for i in (0, 1)]
     try:
-        done = dispatch_once(stack.store, stack.app, stack.site.management_node_id)
+        done = dispatch_once(
+            stack.store, stack.app, stack.site.management_node_id, settings=stack.settings, kv=lock_kv(stack)
+        )
         enqueued = {d.request_id: d for d in done if d.action == "enqueued"}
         assert set(enqueued) == {req for req, _ in requests}, done
         for d in enqueued.values():

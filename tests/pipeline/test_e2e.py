@@ -20,11 +20,15 @@ from worker.devkit.images import qemu_img_info, sha256
 from worker.devkit.stack import Stack
 from worker.dispatcher import dispatch_once
 
+from .conftest import lock_kv
+
 pytestmark = pytest.mark.timeout(900)
 
 
 def dispatch_and_wait(stack: Stack, timeout: float = 300) -> tuple[Any, dict[str, Any]]:
-    done = dispatch_once(stack.store, stack.app, stack.site.management_node_id)
+    done = dispatch_once(
+        stack.store, stack.app, stack.site.management_node_id, settings=stack.settings, kv=lock_kv(stack)
+    )
     enqueued = [d for d in done if d.action == "enqueued"]
     assert len(enqueued) == 1, done
     d = enqueued[0]

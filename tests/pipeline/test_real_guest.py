@@ -30,6 +30,8 @@ from worker.dispatcher import dispatch_once
 from worker.hypervisors import postload
 from worker.hypervisors.postload import GuestLogin, GuestShell
 
+from .conftest import lock_kv
+
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(900)]
 
 TASK_TIMEOUT = 400
@@ -67,7 +69,9 @@ def shell(stack: Stack, address: str) -> GuestShell:
 
 def dispatch_one(stack: Stack, task_name: str) -> tuple[int, str]:
     """One dispatcher poll; exactly one request is enqueued: (request id, task id)."""
-    done = dispatch_once(stack.store, stack.app, stack.site.management_node_id)
+    done = dispatch_once(
+        stack.store, stack.app, stack.site.management_node_id, settings=stack.settings, kv=lock_kv(stack)
+    )
     enqueued = [d for d in done if d.action == "enqueued"]
     assert len(enqueued) == 1, done
     assert enqueued[0].task_name == task_name and enqueued[0].queue == stack.queue, enqueued[0]

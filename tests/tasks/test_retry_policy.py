@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy.exc
 
 from worker.hypervisors.errors import ImageNotFoundError, LibvirtTransientError
-from worker.tasks import flows, provisioning
+from worker.tasks import provisioning
+from worker.tasks.outcomes import AlreadyHandled, ReservationFailed
 
 
 class Retry(Exception):
@@ -29,7 +30,7 @@ class FakeTask:
 
 
 def _flow(exc: BaseException) -> Any:
-    def flow(hooks: Any, reservation_id: int, *_: Any) -> dict[str, Any]:
+    def flow(hooks: Any, reservation_id: int, **_: Any) -> dict[str, Any]:
         raise exc
 
     return flow
@@ -48,7 +49,7 @@ def test_transient_errors_are_retried_by_celery_then_fail(
     """Through Celery's own autoretry_for: every transient error is retried MAX_RETRIES times, then fails."""
     attempts: list[int] = []
 
-    def flow(hooks: Any, reservation_id: int, *_: Any) -> dict[str, Any]:
+    def flow(hooks: Any, reservation_id: int, **_: Any) -> dict[str, Any]:
         attempts.append(reservation_id)
         raise exc
 
@@ -89,8 +90,8 @@ def test_task_options_come_from_the_base_classes() -> None:
 
 def test_permanent_errors_are_never_retried() -> None:
     task = FakeTask(retries=0)
-    with pytest.raises(flows.ReservationFailed):
-        provisioning._run(task, _flow(flows.ReservationFailed("ImageNotFoundError: no master")), 7)
+    with pytest.raises(ReservationFailed):
+        provisioning._run(task, _flow(ReservationFailed("ImageNotFoundError: no master")), 7)
     with pytest.raises(ImageNotFoundError):
         provisioning._run(task, _flow(ImageNotFoundError("no master")), 7)
     assert task.retried == []
@@ -98,5 +99,5 @@ def test_permanent_errors_are_never_retried() -> None:
 
 def test_already_handled_is_a_successful_skip() -> None:
     task = FakeTask(retries=0)
-    result = provisioning._run(task, _flow(flows.AlreadyHandled("request 3 is reserved/new")), 7)
+    result = provisioning._run(task, _flow(AlreadyHandled("request 3 is reserved/new")), 7)
     assert result == {"reservation_id": 7, "status": "skipped", "detail": "request 3 is reserved/new"}

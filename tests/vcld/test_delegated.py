@@ -17,6 +17,7 @@ from worker.delegated.guard import VcldServesManagementNodeError, refuse_if_vcld
 from worker.delegated.operations import LIBVIRT_LOAD_ROWS, run_call
 from worker.devkit.commands import run_vcl_worker
 from worker.devkit.stack import Stack, StackConfig, open_stack
+from worker.tasks.deps import TaskDeps
 
 pytestmark = pytest.mark.vcld
 
@@ -31,10 +32,10 @@ def stack() -> Iterator[Stack]:
 
 def _call(stack: Stack, method: str, reservation_id: int, *args: str) -> dict[str, Any]:
     settings = replace(stack.settings, wait_for_guest=False)
-    lock = redis.Redis.from_url(stack.settings.lock_redis_url)
-    return run_call(
-        method, reservation_id, args, store=stack.store, settings=settings, lock_client=lock
-    ).as_dict()
+    deps = TaskDeps(
+        store=stack.store, settings=settings, kv=redis.Redis.from_url(stack.settings.lock_redis_url)
+    )
+    return run_call(method, reservation_id, args, deps=deps).as_dict()
 
 
 def _states(stack: Stack, request_id: int) -> tuple[Any, ...]:

@@ -111,7 +111,7 @@ def fail_capture(s: Session, ids: VclIds, r: Reservation, message: str) -> None:
     if not transition(s, ids, r.request_id, "maintenance", "image"):
         return
     now = db_now(s)
-    insert_loadlog(s, ids, r.reservation_id, r.computer_id, "failed", message, now)
+    insert_loadlog(s, ids, r.reservation_id, r.computer_id, "failed", info=message, now=now)
     set_computer_state(s, ids, r.computer_id, "maintenance")
     state_exit_loadlog(s, ids, r, "image", now)
 

@@ -40,7 +40,7 @@ class ClaimWish:
 
     @property
     def unsent_info(self) -> str:
-        return claim_info(self.task_id, False, 0)
+        return claim_info(self.task_id, sent=False, requeued=0)
 
 
 def _by_state(wishes: Iterable[ClaimWish]) -> dict[str, list[ClaimWish]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 from typing import TypeVar
 
@@ -46,13 +46,14 @@ def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
 class ClaimRecord:
     row_id: int
     task_id: str
+    _: KW_ONLY
     sent: bool
     requeued: int
     info: str
     timestamp: datetime | None
 
 
-def claim_info(task_id: str, sent: bool, requeued: int) -> str:
+def claim_info(task_id: str, *, sent: bool, requeued: int) -> str:
     return f"{INFO_PREFIX}{task_id} sent={int(sent)} requeued={requeued}"
 
 
@@ -85,8 +86,9 @@ def claim_records(s: Session, ids: VclIds, reservation_ids: Sequence[int]) -> di
             found = INFO_RE.match(info or "")
             if found is not None:
                 out[res_id] = ClaimRecord(
-                    int(row_id), found["task"], found["sent"] == "1", int(found["requeued"]), str(info), ts
-                )
+                    int(row_id), found["task"], sent=found["sent"] == "1", requeued=int(found["requeued"]),
+                    info=str(info), timestamp=ts,
+                )  # fmt: skip
     return out
 
 
@@ -103,7 +105,13 @@ def record_claim(
     computer_id = _computer_of(s, reservation_id)
     if computer_id is not None:
         insert_loadlog(
-            s, ids, reservation_id, computer_id, "begin", claim_info(task_id, sent, requeued), db_now(s)
+            s,
+            ids,
+            reservation_id,
+            computer_id,
+            "begin",
+            info=claim_info(task_id, sent=sent, requeued=requeued),
+            now=db_now(s),
         )
 
 
@@ -113,8 +121,8 @@ def claim_for_task(
     request_id: int,
     reservation_id: int,
     from_state: str,
-    task_id: str,
     *,
+    task_id: str,
     sent: bool,
 ) -> ClaimOutcome:
     """:func:`~worker.db.requests.claim` plus the claim row naming ``task_id``. RESUMED only for the
@@ -141,13 +149,13 @@ def mark_sent(s: Session, ids: VclIds, reservation_id: int, task_id: str) -> boo
     rec = claim_record(s, ids, reservation_id)
     if rec is None or rec.task_id != task_id or rec.sent:
         return False
-    return _swap(s, rec, claim_info(task_id, True, rec.requeued))
+    return _swap(s, rec, claim_info(task_id, sent=True, requeued=rec.requeued))
 
 
 def retarget(s: Session, ids: VclIds, reservation_id: int, old: ClaimRecord, new_task_id: str) -> bool:
     """Hand the claim to ``new_task_id`` (not yet sent), only if the row is still exactly ``old``:
     of two sweeping dispatchers exactly one wins."""
-    return _swap(s, old, claim_info(new_task_id, False, old.requeued + 1))
+    return _swap(s, old, claim_info(new_task_id, sent=False, requeued=old.requeued + 1))
 
 
 def _swap(s: Session, rec: ClaimRecord, info: str) -> bool:
@@ -208,7 +216,7 @@ def fail_stranded(s: Session, ids: VclIds, reservation_id: int, task_id: str | N
         )
         .execution_options(synchronize_session=False)
     )
-    insert_loadlog(s, ids, reservation_id, computer_id, "exited", "", now)
+    insert_loadlog(s, ids, reservation_id, computer_id, "exited", info="", now=now)
     return True
 
 

@@ -42,14 +42,20 @@ def start_load(s: Session, ids: VclIds, r: Reservation) -> None:
     require_claimed(s, ids, r)
     now = db_now(s)
     rid, cid, image = r.reservation_id, r.computer_id, r.imagerevision_imagename
-    insert_loadlog(s, ids, rid, cid, "statuscheck", "checking status of node", now)
+    insert_loadlog(s, ids, rid, cid, "statuscheck", info="checking status of node", now=now)
     insert_loadlog(
-        s, ids, rid, cid, "loadimageblade", f"{r.computer_short_name} must be reloaded with {image}", now
+        s,
+        ids,
+        rid,
+        cid,
+        "loadimageblade",
+        info=f"{r.computer_short_name} must be reloaded with {image}",
+        now=now,
     )
     set_computer_state(s, ids, cid, "reloading")
-    insert_loadlog(s, ids, rid, cid, "info", "computer state set to reloading", now)
-    insert_loadlog(s, ids, rid, cid, "doesimageexists", f"image {image} exists", now)
-    insert_loadlog(s, ids, rid, cid, "info", "calling libvirt load()", now)
+    insert_loadlog(s, ids, rid, cid, "info", info="computer state set to reloading", now=now)
+    insert_loadlog(s, ids, rid, cid, "doesimageexists", info=f"image {image} exists", now=now)
+    insert_loadlog(s, ids, rid, cid, "info", info="calling libvirt load()", now=now)
 
 
 def _load_result(r: Reservation, what: str) -> tuple[str, str]:
@@ -68,9 +74,11 @@ def finish_load(s: Session, ids: VclIds, r: Reservation) -> None:
         return
     now = db_now(s)
     rid, cid = r.reservation_id, r.computer_id
-    insert_loadlog(s, ids, rid, cid, "loadimagecomplete", f"image {r.imagerevision_imagename} loaded", now)
+    insert_loadlog(
+        s, ids, rid, cid, "loadimagecomplete", info=f"image {r.imagerevision_imagename} loaded", now=now
+    )
     set_computer_state(s, ids, cid, comp_state, currentimageid=r.image_id, imagerevisionid=r.imagerevision_id)
-    insert_loadlog(s, ids, rid, cid, "nodeready", f"{r.computer_short_name} is ready", now)
+    insert_loadlog(s, ids, rid, cid, "nodeready", info=f"{r.computer_short_name} is ready", now=now)
     state_exit_loadlog(s, ids, r, r.request_state, now)
 
 
@@ -81,8 +89,8 @@ def fail_load(s: Session, ids: VclIds, r: Reservation, message: str) -> None:
         return
     now = db_now(s)
     rid, cid = r.reservation_id, r.computer_id
-    insert_loadlog(s, ids, rid, cid, "loadimagefailed", message, now)
-    insert_loadlog(s, ids, rid, cid, "failed", message, now)
+    insert_loadlog(s, ids, rid, cid, "loadimagefailed", info=message, now=now)
+    insert_loadlog(s, ids, rid, cid, "failed", info=message, now=now)
     set_computer_state(s, ids, cid, "failed")
     if r.request_state in ("new", "reserved"):
         update_log_ending(s, r.request_id, "failed", now)
@@ -128,7 +136,7 @@ def fail_request(s: Session, ids: VclIds, request_id: int, reservation_id: int, 
     ).one_or_none()
     if computer is None:
         return
-    insert_loadlog(s, ids, reservation_id, computer.id, "failed", message[:4000], db_now(s))
+    insert_loadlog(s, ids, reservation_id, computer.id, "failed", info=message[:4000], now=db_now(s))
     if computer.stateid != ids.state(s, "maintenance"):
         set_computer_state(s, ids, computer.id, "maintenance" if target == "maintenance" else "failed")
 

@@ -23,7 +23,7 @@ class LoadLogEntry:
 
 
 def insert_loadlog(
-    s: Session, ids: VclIds, reservation_id: int, computer_id: int, name: str, info: str, now: datetime
+    s: Session, ids: VclIds, reservation_id: int, computer_id: int, name: str, *, info: str, now: datetime
 ) -> None:
     """``utils.pm:insertloadlog``."""
     s.execute(
@@ -72,7 +72,7 @@ def state_exit_loadlog(s: Session, ids: VclIds, r: Reservation, old_state: str, 
     if old_state in ("new", "reserved"):
         cond = and_(cond, m.ComputerLoadLog.loadstateid == ids.loadstate(s, "begin"))
     s.execute(delete(m.ComputerLoadLog).where(cond).execution_options(synchronize_session=False))
-    insert_loadlog(s, ids, r.reservation_id, r.computer_id, "exited", "", now)
+    insert_loadlog(s, ids, r.reservation_id, r.computer_id, "exited", info="", now=now)
 
 
 __all__ = ["LoadLogEntry", "insert_loadlog", "loadlog_entries", "state_exit_loadlog", "update_log_ending"]

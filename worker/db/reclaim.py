@@ -66,7 +66,7 @@ def reclaim(s: Session, ids: VclIds, request_id: int, reservation_id: int, state
         return Reclaimed(request_id, "lost")
     laststate, computer_id, image_id, rev_id, imagename, mn_id, computer_state = row
     now = db_now(s)
-    insert_loadlog(s, ids, reservation_id, computer_id, state, f"reservation {state}", now)
+    insert_loadlog(s, ids, reservation_id, computer_id, state, info=f"reservation {state}", now=now)
     if computer_state in ("maintenance", "reloading") or "reload" in computer_state:
         outcome, new_request = "left", 0
     elif laststate == "new":
@@ -85,7 +85,7 @@ def reclaim(s: Session, ids: VclIds, request_id: int, reservation_id: int, state
         .where(and_(m.ComputerLoadLog.reservationid.in_(res_ids)))
         .execution_options(synchronize_session=False)
     )
-    insert_loadlog(s, ids, reservation_id, computer_id, "exited", "", now)
+    insert_loadlog(s, ids, reservation_id, computer_id, "exited", info="", now=now)
     return Reclaimed(request_id, outcome, new_request)
 
 

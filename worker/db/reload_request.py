@@ -62,8 +62,8 @@ def insert_reload_request(s: Session, ids: VclIds, t: ReloadTarget, now: datetim
         t.reservation_id,
         t.computer_id,
         "loadimagevmware" if comp[1] == "virtualmachine" else "info",
-        f"inserted reload request for {t.imagename}",
-        now,
+        info=f"inserted reload request for {t.imagename}",
+        now=now,
     )
     new_req = dml(
         s,

@@ -106,7 +106,7 @@ class VclStore:
         :mod:`worker.db.claims`); another task's claim is LOST. ``sent``: the task already runs."""
         with self._sf.begin() as s:
             return claims.claim_for_task(
-                s, self._ids, request_id, reservation_id, from_state, task_id, sent=sent
+                s, self._ids, request_id, reservation_id, from_state, task_id=task_id, sent=sent
             )
 
     def owns_claim(self, reservation_id: int, task_id: str) -> bool:
@@ -164,7 +164,7 @@ class VclStore:
     ) -> None:
         """``utils.pm:insertloadlog``."""
         with self._sf.begin() as s:
-            insert_loadlog(s, self._ids, reservation_id, computer_id, loadstatename, info, db_now(s))
+            insert_loadlog(s, self._ids, reservation_id, computer_id, loadstatename, info=info, now=db_now(s))
 
     # ------------------------------------------------------------------ load (new.pm)
 

@@ -11,32 +11,38 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.config import Settings
 from worker.db.errors import VclDataError
 from worker.db.store import VclStore
-from worker.delegated.methods import BY_METHOD
+from worker.delegated.methods import BY_METHOD, Method, Returns
 from worker.hypervisors.errors import DomainNotFoundError, PermanentError
 from worker.hypervisors.provisioner import LibvirtProvisioner, ProgressEvent
 from worker.reservation import Reservation
-from worker.tasks.locks import computer_lock
+from worker.tasks.claimed import hold_computer, provisioner_for
+from worker.tasks.deps import TaskDeps
+from worker.timing import Stopwatch
 
 log = logging.getLogger(__name__)
 
 #: The computerloadlog rows libvirt.pm:load inserts itself (vcld's new.pm writes the others).
 LIBVIRT_LOAD_ROWS = ("startload", "transfervm", "vmsetupconfig", "startvm")
 #: Value returned with ``ok: false``, per result kind (vcld treats 0/undef as failure).
-_FAILED: dict[str, int | str | None] = {"bool": 0, "status": None, "mb": 0, "power": None}
+_FAILED: dict[Returns, int | str | None] = {
+    Returns.BOOL: 0,
+    Returns.STATUS: None,
+    Returns.MB: 0,
+    Returns.POWER: None,
+}
 
 Value = int | str | None
 ProgressHook = Callable[[str, str], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CallResult:
     method: str
     reservation_id: int
@@ -58,7 +64,7 @@ class CallResult:
         }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Call:
     """What one method needs: the reservation, its provisioner, the store, the extra arguments."""
 
@@ -67,8 +73,9 @@ class _Call:
     store: VclStore
     args: Sequence[str]
     progress: ProgressHook | None
+    # The run's stopwatch timings: the core's steps (core_*), the lock's, the total.
+    timings: dict[str, float]
     detail: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
 
     def arg(self, i: int) -> str | None:
         return self.args[i] if len(self.args) > i and self.args[i] else None
@@ -187,17 +194,15 @@ OPERATIONS: dict[str, Callable[[_Call], Value]] = {
 }
 
 
-@contextlib.contextmanager
-def _maybe_locked(
-    locked: bool, lock_client: Any, r: Reservation, settings: Settings, owner: str | None
-) -> Iterator[None]:
-    if not locked:
-        yield
-        return
-    with computer_lock(
-        lock_client, r.computer_id, ttl=settings.computer_lock_ttl, wait=settings.lock_wait, owner=owner
-    ):
-        yield
+def _locked_if_needed(
+    spec: Method, deps: TaskDeps, r: Reservation, timings: dict[str, float], owner: str | None
+) -> AbstractContextManager[None]:
+    """A method that changes the domain or disks holds the computer's lock, the one the flows hold
+    (``lock_wait``/``locked_at``/``unlocked_at`` in its timings); without the flows' heartbeat lease,
+    as these calls always held it."""
+    if not spec.locked:
+        return contextlib.nullcontext()
+    return hold_computer(deps, r.computer_id, timings, owner=owner, lease=None)
 
 
 def run_call(
@@ -205,9 +210,7 @@ def run_call(
     reservation_id: int,
     args: Sequence[str] = (),
     *,
-    store: VclStore,
-    settings: Settings,
-    lock_client: Any,
+    deps: TaskDeps,
     owner: str | None = None,
     progress: ProgressHook | None = None,
 ) -> CallResult:
@@ -215,24 +218,32 @@ def run_call(
     spec = BY_METHOD.get(method)
     if spec is None:
         raise ValueError(f"unknown method {method!r}; one of {', '.join(sorted(BY_METHOD))}")
-    t0 = time.monotonic()
+    stopwatch = Stopwatch()
     failed = _FAILED[spec.returns]
     try:
-        r = store.load_reservation(reservation_id)
-        call = _Call(r, LibvirtProvisioner(r, settings), store, tuple(args), progress)
+        r = deps.store.load_reservation(reservation_id)
+        call = _Call(
+            r=r, p=provisioner_for(r, deps.settings), store=deps.store, args=tuple(args), progress=progress,
+            timings=stopwatch.timings,
+        )  # fmt: skip
     except (VclDataError, PermanentError) as exc:
-        return CallResult(method, reservation_id, False, failed, f"{type(exc).__name__}: {exc}")
+        return CallResult(
+            method=method, reservation_id=reservation_id, ok=False, result=failed,
+            error=f"{type(exc).__name__}: {exc}",
+        )  # fmt: skip
     try:
-        with _maybe_locked(spec.locked, lock_client, r, settings, owner):
+        with _locked_if_needed(spec, deps, r, call.timings, owner):
             value = OPERATIONS[method](call)
     except (PermanentError, VclDataError) as exc:
         log.warning("%s for reservation %s failed: %s", method, reservation_id, exc)
-        call.timings["total"] = round(time.monotonic() - t0, 3)
         return CallResult(
-            method, reservation_id, False, failed, f"{type(exc).__name__}: {exc}", call.detail, call.timings
-        )
-    call.timings["total"] = round(time.monotonic() - t0, 3)
-    return CallResult(method, reservation_id, True, value, "", call.detail, call.timings)
+            method=method, reservation_id=reservation_id, ok=False, result=failed,
+            error=f"{type(exc).__name__}: {exc}", detail=call.detail, timings=stopwatch.total(),
+        )  # fmt: skip
+    return CallResult(
+        method=method, reservation_id=reservation_id, ok=True, result=value, detail=call.detail,
+        timings=stopwatch.total(),
+    )  # fmt: skip
 
 
 __all__ = ["LIBVIRT_LOAD_ROWS", "OPERATIONS", "CallResult", "run_call"]

@@ -23,36 +23,27 @@ from worker.db.errors import VclDataError
 from worker.db.requests import ClaimOutcome
 from worker.failpoints import failpoint
 from worker.hypervisors.errors import PermanentError
+from worker.hypervisors.provisioner import LibvirtProvisioner
 
-from .flows import (
-    ReservationFailed,
-    TaskHooks,
-    _begin,
-    _end,
-    _failing_reservation,
-    _locked,
-    _make_provisioner,
-    _progress_adapter,
-    _still_ours,
-)
+from .claimed import TaskHooks, claimed_work
+from .deps import TaskDeps
+from .outcomes import ReservationFailed
 
 log = logging.getLogger(__name__)
 CAPTURE_SPAN = (10.0, 90.0)
 
 
-def run_capture(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
-    work = _begin(hooks, reservation_id, "capture")
-    store, r, summary = work.store, work.reservation, work.summary
-    with _locked(r.computer_id, summary, hooks.owner):
-        _still_ours(store, work, hooks.owner)
-        provisioner = _make_provisioner(store, r, work.settings, "capture")
+def run_capture(hooks: TaskHooks, reservation_id: int, *, deps: TaskDeps) -> dict[str, Any]:
+    """``image``: see the module doc for the order."""
+    with claimed_work(hooks, reservation_id, "capture", deps=deps) as work:
+        store, r, summary, provisioner = work.store, work.reservation, work.summary, work.provisioner
         new_name = provisioner.get_new_image_name()
         try:
             store.check_capture(r, new_name)
         except VclDataError as exc:
             store.fail_capture(r, f"capture refused before shutdown: {exc}")
             raise ReservationFailed(str(exc)) from exc
-        with _failing_reservation(hooks, lambda msg: store.fail_capture(r, msg)):
+        with work.failing(lambda msg: store.fail_capture(r, msg)):
             provisioner.initialize()
             existing = provisioner.captured_master(new_name)
             if existing is not None and work.outcome is ClaimOutcome.RESUMED:
@@ -61,9 +52,9 @@ def run_capture(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
                 summary.disks = {"master": existing}
                 summary.domain = _domain_if_any(provisioner)
             else:
-                with work.clock.phase("capture"):
+                with work.phase("capture"):
                     result = provisioner.capture(
-                        progress=_progress_adapter(hooks, store, r, CAPTURE_SPAN, record=False)
+                        progress=work.progress_reporter(CAPTURE_SPAN, record_loadlog=False)
                     )
                 new_name = result.new_image_name
                 summary.domain = result.domain_name
@@ -81,10 +72,10 @@ def run_capture(hooks: TaskHooks, reservation_id: int) -> dict[str, Any]:
     summary.detail = (
         summary.detail + f" new image {new_name} ({size_mb} MB); reload request {reload_request_id}"
     ).strip()
-    return _end(work, hooks, "complete")
+    return work.finish("complete")
 
 
-def _domain_if_any(provisioner: Any) -> str | None:
+def _domain_if_any(provisioner: LibvirtProvisioner) -> str | None:
     """The computer's domain (found by MAC), or None when an earlier delivery already deleted it."""
     try:
         return str(provisioner.get_domain_name())
@@ -92,7 +83,7 @@ def _domain_if_any(provisioner: Any) -> str | None:
         return None
 
 
-def _remove_domain(provisioner: Any, domain: str | None) -> None:
+def _remove_domain(provisioner: LibvirtProvisioner, domain: str | None) -> None:
     """After the commit: a failure here costs nothing (the reload request deletes the computer's
     domains before it loads), so it is logged, never raised."""
     if domain is None:

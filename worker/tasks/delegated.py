@@ -39,9 +39,7 @@ def call(self: Task, method: str, reservation_id: int, args: list[str] | None = 
         method,
         reservation_id,
         [str(a) for a in (args or [])],
-        store=runtime.store(),
-        settings=runtime.settings(),
-        lock_client=runtime.lock_redis(),
+        deps=runtime.task_deps(),  # the process's store, settings and Redis, resolved once
         owner=task_id,
         progress=progress,
     ).as_dict()

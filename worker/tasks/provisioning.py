@@ -1,16 +1,19 @@
 """The four VCL tasks: ``vcl.load``, ``vcl.reload``, ``vcl.capture``, ``vcl.maintenance``.
 
-Each takes a reservation id. The flow itself lives in :mod:`worker.tasks.flows`; this module maps it
-onto Celery: progress through ``update_state('PROGRESS')``, bounded retries with exponential backoff
-and jitter for transient errors only (libvirt connection, database connection, Redis, a busy
-computer), late acks and redelivery when the worker child dies (the flows are idempotent).
+Each takes a reservation id. The flows live in :mod:`worker.tasks.flows` and
+:mod:`worker.tasks.capture_flow` (over :mod:`worker.tasks.claimed`); this module maps them onto
+Celery: their dependencies resolved once per delivery (:class:`~worker.tasks.deps.TaskDeps`),
+progress through ``update_state('PROGRESS')``, bounded retries with exponential backoff and jitter
+for transient errors only (libvirt connection, database connection, Redis, a busy computer), late
+acks and redelivery when the worker child dies (the flows are idempotent), and the reservation
+failures the flows already recorded logged by Celery as expected (``throws``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import redis
 import sqlalchemy.exc
@@ -23,6 +26,10 @@ from worker.app import app
 from worker.hypervisors.errors import TransientError
 
 from . import capture_flow, flows
+from .claimed import TaskHooks
+from .deps import TaskDeps
+from .outcomes import EXPECTED_FAILURES, AlreadyHandled, ReservationFailed, skipped
+from .task_ids import remember_task_ids
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,12 @@ CLAIMING_TASKS = frozenset(a.task_name for a in BY_NAME.values())
 _DELIVERY_KEY = "vcl:deliveries:{}:{}"
 
 
+class Flow(Protocol):
+    """``run_load``, ``run_capture``, ``run_maintenance``: a reservation's claimed work."""
+
+    def __call__(self, hooks: TaskHooks, reservation_id: int, *, deps: TaskDeps) -> dict[str, Any]: ...
+
+
 @worker_process_init.connect
 def _child_started(**_: Any) -> None:
     # Never reuse the parent's database pool or Redis socket in a forked child.
@@ -57,7 +70,8 @@ class VclTask(Task):  # type: ignore[misc]
 
     ``autoretry_for`` + ``retry_backoff`` are Celery's own retry helpers: a transient error (libvirt
     connection, database, Redis, a busy computer) is retried with exponential backoff and jitter; the
-    flows record the reservation's failure themselves on the last attempt (``may_retry``).
+    flows record the reservation's failure themselves on the last attempt (``may_retry``). A failure
+    they recorded (ReservationFailed) is expected: ``throws`` has Celery log it without a traceback.
     """
 
     acks_late = True
@@ -68,6 +82,7 @@ class VclTask(Task):  # type: ignore[misc]
     retry_backoff = BACKOFF_BASE
     retry_backoff_max = BACKOFF_MAX
     retry_jitter = True
+    throws = EXPECTED_FAILURES
     soft_time_limit = _SETTINGS.load_soft_time_limit
     time_limit = _SETTINGS.load_time_limit
 
@@ -76,7 +91,7 @@ class VclTask(Task):  # type: ignore[misc]
         calls it in the worker's main process). The reservation ends the way vcld ends a failure,
         never in silence; the flows already recorded their own failures (the store's guards make
         this a no-op then). If the database is down too, the dispatcher's sweep fails it later."""
-        if self.name not in CLAIMING_TASKS or isinstance(exc, flows.ReservationFailed):
+        if self.name not in CLAIMING_TASKS or isinstance(exc, ReservationFailed):
             return
         reservation_id = args[0] if args else (kwargs or {}).get("reservation_id")
         if reservation_id is None:
@@ -122,17 +137,19 @@ class _Hooks:
         return int(self.task.request.retries) < int(self.task.max_retries)
 
 
-def _run(task: Task, flow: Callable[..., dict[str, Any]], reservation_id: int, *extra: Any) -> dict[str, Any]:
+def _run(task: Task, flow: Flow, reservation_id: int) -> dict[str, Any]:
     reservation_id = int(reservation_id)
+    # The one place a delivery reads the process's wiring: everything below gets it explicitly.
+    deps = runtime.task_deps()
     if task.request.id:
-        runtime.remember_task(reservation_id, task.request.id)
+        remember_task_ids(deps.kv, {reservation_id: str(task.request.id)})
     hooks = _Hooks(task, reservation_id)
-    _bound_deliveries(task, reservation_id)
+    _bound_deliveries(task, reservation_id, deps)
     try:
-        return flow(hooks, reservation_id, *extra)
-    except flows.AlreadyHandled as exc:
+        return flow(hooks, reservation_id, deps=deps)
+    except AlreadyHandled as exc:
         log.info("reservation %s: %s", reservation_id, exc)
-        return {"reservation_id": reservation_id, "status": "skipped", "detail": str(exc)}
+        return skipped(reservation_id, str(exc))
     except TRANSIENT_ERRORS as exc:
         # autoretry_for turns this into a backed-off retry (or the final failure once retries are spent).
         log.warning(
@@ -145,7 +162,7 @@ def _run(task: Task, flow: Callable[..., dict[str, Any]], reservation_id: int, *
         raise
 
 
-def _bound_deliveries(task: Task, reservation_id: int) -> None:
+def _bound_deliveries(task: Task, reservation_id: int, deps: TaskDeps) -> None:
     """A message whose child dies (late ack + reject_on_worker_lost) comes back; one that kills
     every child it reaches would come back forever. Count the deliveries of this attempt (task id
     and retry number) and fail the reservation instead of running it once the bound is passed."""
@@ -154,15 +171,15 @@ def _bound_deliveries(task: Task, reservation_id: int) -> None:
         return
     key = _DELIVERY_KEY.format(task_id, int(task.request.retries))
     try:
-        count = int(runtime.lock_redis().incr(key))
-        runtime.lock_redis().expire(key, _SETTINGS.visibility_timeout)
+        count = int(deps.kv.incr(key))
+        deps.kv.expire(key, deps.settings.visibility_timeout)
     except redis.RedisError:
         return  # bookkeeping only: without Redis the task runs unbounded rather than not at all
-    if count <= _SETTINGS.max_deliveries:
+    if count <= deps.settings.max_deliveries:
         return
     message = f"{task.name}: delivered {count} times, the worker child died each time; giving up"
-    runtime.store().fail_stranded(reservation_id, str(task_id), message)
-    raise flows.ReservationFailed(message)
+    deps.store.fail_stranded(reservation_id, str(task_id), message)
+    raise ReservationFailed(message)
 
 
 @app.task(
@@ -172,7 +189,7 @@ def _bound_deliveries(task: Task, reservation_id: int) -> None:
 )
 def load(self: Task, reservation_id: int) -> dict[str, Any]:
     """Load the reservation's image on its computer (request ``new`` → ``reserved``)."""
-    return _run(self, flows.run_load, reservation_id, "load")
+    return _run(self, partial(flows.run_load, action="load"), reservation_id)
 
 
 @app.task(
@@ -182,7 +199,7 @@ def load(self: Task, reservation_id: int) -> dict[str, Any]:
 )
 def reload(self: Task, reservation_id: int) -> dict[str, Any]:
     """Reload a computer (request ``reload`` → ``complete``, computer ``available``)."""
-    return _run(self, flows.run_load, reservation_id, "reload")
+    return _run(self, partial(flows.run_load, action="reload"), reservation_id)
 
 
 @app.task(

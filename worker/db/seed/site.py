@@ -86,7 +86,7 @@ def seed_site(sf: sessionmaker[Session], spec: SiteSpec | None = None) -> Seeded
         _add_resource(s, "managementnode", mn_id)
         host_id = _insert_computer(
             s, spec.vmhost_hostname, spec.vmhost_ip, id_by_name(s, m.State, "vmhostinuse"), "blade",
-            NONE_PROVISIONING_ID, None, None, None, ram=16384, procnumber=4,
+            provisioningid=NONE_PROVISIONING_ID, vmhostid=None, eth0=None, eth1=None, ram=16384, procnumber=4,
         )  # fmt: skip
         _add_resource(s, "computer", host_id)
         profile_id = pk(
@@ -104,7 +104,8 @@ def seed_site(sf: sessionmaker[Session], spec: SiteSpec | None = None) -> Seeded
         for i, hostname in enumerate(spec.vm_hostnames):
             cid = _insert_computer(
                 s, hostname, f"{spec.vm_ip_prefix}{spec.vm_ip_start + i}", available, "virtualmachine",
-                LIBVIRT_PROVISIONING_ID, vmhost_id, spec.mac(i, 0), spec.mac(i, 1), ram=2048, procnumber=2,
+                provisioningid=LIBVIRT_PROVISIONING_ID, vmhostid=vmhost_id, eth0=spec.mac(i, 0),
+                eth1=spec.mac(i, 1), ram=2048, procnumber=2,
             )  # fmt: skip
             _add_resource(s, "computer", cid)
             computer_ids.append(cid)
@@ -151,11 +152,11 @@ def _insert_computer(
     ip: str,
     stateid: int,
     ctype: str,
+    *,
     provisioningid: int,
     vmhostid: int | None,
     eth0: str | None,
     eth1: str | None,
-    *,
     ram: int,
     procnumber: int,
 ) -> int:
