@@ -113,13 +113,14 @@ def test_power_and_snapshots(env) -> None:  # type: ignore[no-untyped-def]
     info = g.info()
     assert info.state == "shut off" and info.id is None
 
-    snap = g.create_snapshot("snap1")
+    conn = prov.host.connection()
+    snap = libvirt_env.create_snapshot(conn, name, "snap1")
     assert snap == "snap1"
-    g.create_snapshot("snap2")
-    assert set(g.snapshot_info()) == {"snap1", "snap2"}
+    libvirt_env.create_snapshot(conn, name, "snap2")
+    assert set(libvirt_env.snapshot_names(conn, name)) == {"snap1", "snap2"}
     g.delete_snapshot("snap1")  # deletes children too
-    assert g.snapshot_info() == {}
-    g.create_snapshot("snap3")
+    assert libvirt_env.snapshot_names(conn, name) == []
+    libvirt_env.create_snapshot(conn, name, "snap3")
     # delete_domain removes snapshots, the overlay and the definition
     assert prov.post_maintenance_action() == [name]
     assert prov.host.lookup_guest(name) is None

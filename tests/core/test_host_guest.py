@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from worker.devkit import libvirt_env
 from worker.hypervisors import domain_xml as dx
 from worker.hypervisors.errors import AmbiguousDomainError, DomainNotFoundError
 from worker.hypervisors.guest import Guest
@@ -64,7 +65,7 @@ def test_delete_removes_only_the_computers_disks(host: LibvirtHost, tmp_path: Pa
     master.write_bytes(b"master")
     g = _define(host, "hg3_img_7-v1", own, "52:54:00:30:00:01")
     g.start()
-    g.create_snapshot("s1")
+    libvirt_env.create_snapshot(host.connection(), "hg3_img_7-v1", "s1")
     remove_domain(g, image_state=False)
     assert not own.exists() and host.lookup_guest("hg3_img_7-v1") is None
     # a definition whose disk is not named <short>_* (here: a master) never loses that disk

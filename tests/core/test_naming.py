@@ -127,7 +127,6 @@ def test_repository_find_rules(tmp_path) -> None:  # type: ignore[no-untyped-def
     found = naming.find_repository_image_file_paths(str(repo), "img-v1")
     assert [os.path.basename(p) for p in found] == ["img-v1-s001.vmdk", "img-v1-s002.vmdk"]
     assert naming.find_repository_image_file_paths(None, "img-v1") == []
-    assert naming.image_repository_search_paths(str(repo), "img-v1")[0] == f"{repo}/img-v1*"
 
 
 def test_provisioner_paths_and_validation() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.core.conftest import Env
-from worker.devkit import images
+from worker.devkit import guest_network, images
 from worker.devkit.guest_image import GuestImage
 from worker.devkit.guest_master import install_guest_master
 from worker.devkit.guest_network import DhcpNetwork
@@ -46,7 +46,7 @@ def test_real_guest_boots_gets_private_ip_answers_ssh_and_post_load_runs(
     # The MAC → privateIPaddress entry exists on the network, and the lease went to exactly that MAC.
     network = LibvirtNetwork.lookup(prov.host, dhcp_net.name)
     assert any(h.mac == res.eth0_mac and h.ip == res.computer_private_ip for h in network.dhcp_hosts())
-    assert any(lease.ip == res.computer_private_ip for lease in network.leases(res.eth0_mac))
+    assert any(lease.ip == res.computer_private_ip for lease in guest_network.leases(network, res.eth0_mac))
     # Post-load ran inside the guest: hostname and currentimage.txt.
     login = postload.login_for(res, res.computer_private_ip or "")
     assert login is not None

@@ -103,8 +103,8 @@ def test_guest_on_test_driver() -> None:
     g.start()
     g.start()
     assert g.power_status() == "on"
-    g.create_snapshot("s1", "first")
-    assert list(g.snapshot_info()) == ["s1"]
+    libvirt_env.create_snapshot(host.connection(), "unit1", "s1", "first")
+    assert libvirt_env.snapshot_names(host.connection(), "unit1") == ["s1"]
     assert g.shutdown(timeout=2, retry_interval=1) is True  # test driver shuts down at once
     g.power_off()  # already off: success
     assert g.mac_addresses() == ["52:54:00:00:00:09"]

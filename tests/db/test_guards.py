@@ -1,4 +1,4 @@
-"""The dispatcher's undo (unclaim), failing an unloadable reservation, and the check-in interval:
+"""The dispatcher's undo (drop_claim), failing an unloadable reservation, and the check-in interval:
 every request change guarded by the state the caller expects."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from worker.db.store import VclStore
 def test_unclaim_only_undoes_its_own_claim(
     sf: sessionmaker[Session], store: VclStore, site: SeededSite
 ) -> None:
-    req, _ = new_request(sf, site)
-    assert store.unclaim_request(req, "new") is False  # not claimed: nothing to undo
+    req, res = new_request(sf, site)
+    assert store.drop_claim(req, res, "new") is False  # not claimed: nothing to undo
     assert store.claim_request(req, "new") is ClaimOutcome.CLAIMED
-    assert store.unclaim_request(req, "reload") is False  # claimed from another state
+    assert store.drop_claim(req, res, "reload") is False  # claimed from another state
     assert store.request_states(req) == ("pending", "new")
-    assert store.unclaim_request(req, "new") is True
+    assert store.drop_claim(req, res, "new") is True
     assert store.request_states(req) == ("new", "new")
-    assert store.unclaim_request(987654, "new") is False
+    assert store.drop_claim(987654, 987654, "new") is False
 
 
 def test_fail_request_load_state(sf: sessionmaker[Session], store: VclStore, site: SeededSite) -> None:

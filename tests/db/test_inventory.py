@@ -60,7 +60,7 @@ def test_live_protected_and_masters(sf: sessionmaker[Session], store: VclStore) 
     assert not any(key[0] == sd for key in inv.live)
     assert inv.protected >= {sb} and not inv.protected & {sa, sc, sd}
     assert {site.imagename, "noimage"} <= inv.master_stems
-    assert not inv.on_this_host(inv.computers[sd][0]) and inv.on_this_host(inv.computers[sa][0])
+    assert not inv.computers[sd][0].on_host(inv.vmhost_id) and inv.computers[sa][0].on_host(inv.vmhost_id)
 
 
 def test_unknown_vmhost(store: VclStore) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.guest import env
+from worker.devkit import guest_network
 from worker.devkit.guest_image import GuestImage, ensure_guest_image
 from worker.devkit.require import missing_service
 from worker.hypervisors.domain_type import choose_domain_type
@@ -112,5 +113,5 @@ def boot_guest(
         env.remove_domain(conn, name)
         if mac:
             with contextlib.suppress(Exception):  # the network goes away with the module anyway
-                LibvirtNetwork.lookup(host, network.name).remove_dhcp_host(mac)
+                guest_network.remove_dhcp_host(LibvirtNetwork.lookup(host, network.name), mac)
         shutil.rmtree(directory, ignore_errors=True)

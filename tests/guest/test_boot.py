@@ -12,6 +12,7 @@ import pytest
 
 from tests.guest import env
 from tests.guest.conftest import TIMINGS
+from worker.devkit import guest_network
 from worker.devkit.guest_image import GuestImage
 from worker.hypervisors.host import LibvirtHost
 from worker.hypervisors.network import LibvirtNetwork, domain_ipv4_addresses
@@ -32,7 +33,7 @@ def _console_tail(booted: Any) -> str:
 def _wait_lease(net: LibvirtNetwork, mac: str, timeout: float) -> list[str]:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        ips = [lease.ip for lease in net.leases(mac)]
+        ips = [lease.ip for lease in guest_network.leases(net, mac)]
         if ips:
             return ips
         time.sleep(0.1)

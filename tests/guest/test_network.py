@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.guest import env
+from worker.devkit import guest_network
 from worker.hypervisors.errors import InvalidInputError
 from worker.hypervisors.host import LibvirtHost
 from worker.hypervisors.network import DhcpConflictError, LibvirtNetwork, NetworkNotFoundError
@@ -19,7 +20,7 @@ def test_lookup_missing_network(host: LibvirtHost) -> None:
 
 def test_dhcp_host_is_idempotent_live_and_config(host: LibvirtHost, network: env.TestNetwork) -> None:
     net = LibvirtNetwork.lookup(host, network.name)
-    assert net.has_dhcp() and net.is_active() and net.bridge() == network.bridge
+    assert net.has_dhcp() and guest_network.network_is_active(net) and net.bridge() == network.bridge
     mac, ip, ip2 = "52:54:00:AA:00:01", network.host_ip(201), network.host_ip(202)
     try:
         assert net.ensure_dhcp_host(mac, ip, "vm-a") == "added"
@@ -39,6 +40,6 @@ def test_dhcp_host_is_idempotent_live_and_config(host: LibvirtHost, network: env
             net.ensure_dhcp_host(mac, "10.0.0.300", "x")
     finally:
         for m in (mac, "52:54:00:aa:00:03"):
-            net.remove_dhcp_host(m)
+            guest_network.remove_dhcp_host(net, m)
     assert not [h for h in net.dhcp_hosts(inactive=True) if h.ip in (ip, ip2)]
-    assert net.leases("52:54:00:aa:00:01") == []
+    assert guest_network.leases(net, "52:54:00:aa:00:01") == []

@@ -45,6 +45,10 @@ class InventoryComputer:
     deleted: bool
     state: str
 
+    def on_host(self, vmhost_id: int) -> bool:
+        """On VM host ``vmhost_id`` for the reaper: placed there, not deleted, not in maintenance."""
+        return self.vmhost_id == vmhost_id and not self.deleted and self.state not in _OFF_HOST_STATES
+
 
 @dataclass(frozen=True, slots=True)
 class HostInventory:
@@ -56,13 +60,6 @@ class HostInventory:
     live: frozenset[LiveKey]
     protected: frozenset[str]  # short names of computers nothing of which may be removed
     master_stems: frozenset[str]  # every imagerevision.imagename and image.name
-
-    def on_this_host(self, c: InventoryComputer) -> bool:
-        return _on_host(c, self.vmhost_id)
-
-
-def _on_host(c: InventoryComputer, vmhost_id: int) -> bool:
-    return c.vmhost_id == vmhost_id and not c.deleted and c.state not in _OFF_HOST_STATES
 
 
 def host_inventory(s: Session, vmhost_name: str) -> HostInventory:
@@ -116,7 +113,7 @@ def host_inventory(s: Session, vmhost_name: str) -> HostInventory:
         c = InventoryComputer(int(cid), short_name(hostname), vhid, bool(deleted), state)
         by_short.setdefault(c.short_name, []).append(c)
         by_id[c.id] = c
-        if _on_host(c, vmhost_id) and imageid is not None and rev is not None:
+        if c.on_host(vmhost_id) and imageid is not None and rev is not None:
             live.add((c.short_name, int(imageid), int(rev)))
     for cid, imageid, rev, state, laststate in reservations:
         comp = by_id.get(cid)
@@ -124,7 +121,7 @@ def host_inventory(s: Session, vmhost_name: str) -> HostInventory:
             continue
         if state in _PROTECTING_STATES or (state == "pending" and laststate in _PROTECTING_STATES):
             protected.add(comp.short_name)
-        if state in _FINISHED_STATES or not _on_host(comp, vmhost_id) or rev is None:
+        if state in _FINISHED_STATES or not comp.on_host(vmhost_id) or rev is None:
             continue
         live.add((comp.short_name, int(imageid), int(rev)))
     return HostInventory(

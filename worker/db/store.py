@@ -94,11 +94,6 @@ class VclStore:
         with self._sf.begin() as s:
             return requests.claim(s, self._ids, request_id, from_state)
 
-    def unclaim_request(self, request_id: int, from_state: str) -> bool:
-        """Undo :meth:`claim_request` (the task could not be enqueued): ``pending/<from>`` → ``<from>``."""
-        with self._sf.begin() as s:
-            return requests.unclaim(s, self._ids, request_id, from_state)
-
     def claim_for_task(
         self, request_id: int, reservation_id: int, from_state: str, task_id: str, *, sent: bool = True
     ) -> ClaimOutcome:

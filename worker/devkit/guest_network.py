@@ -4,6 +4,9 @@ No ``<forward>``: guests reach only the host's bridge address and each other. ST
 listening delay on a new port) and dnsmasq's ``no-ping`` (it pings an address for 2-3 s before
 offering it; the network is ours alone). The subnet is a random 10.x.y.0/24 neither routed on the host
 nor used by another libvirt network.
+
+The tests' view of a :class:`~worker.hypervisors.network.LibvirtNetwork` the product does not need
+(whether it runs, its leases, dropping a reservation) lives here too.
 """
 
 from __future__ import annotations
@@ -21,8 +24,18 @@ from typing import Any
 
 import libvirt
 
+from worker.hypervisors.network import LibvirtNetwork, normalize_mac
+
 DNSMASQ_NS = "http://libvirt.org/schemas/network/dnsmasq/1.0"
 DHCP_FIRST, DHCP_LAST = 100, 199  # dynamic range; fixed (host-entry) addresses live below it
+
+
+@dataclass(frozen=True)
+class Lease:
+    mac: str
+    ip: str
+    hostname: str | None
+    expiry: int  # seconds since the epoch
 
 
 @dataclass(frozen=True)
@@ -109,3 +122,46 @@ def remove_network(conn: Any, name: str) -> None:
                 net.destroy()
         with contextlib.suppress(libvirt.libvirtError):
             net.undefine()
+
+
+def _virnet(conn: libvirt.virConnect, net: LibvirtNetwork) -> Any:
+    return conn.networkLookupByName(net.name)
+
+
+def network_is_active(net: LibvirtNetwork) -> bool:
+    return bool(net.host.call(f"network {net.name} isActive", lambda c: _virnet(c, net).isActive()))
+
+
+def remove_dhcp_host(net: LibvirtNetwork, mac: str) -> bool:
+    """Drop the reservation of ``mac`` from the running network and its definition; False when
+    there was none."""
+    mac = normalize_mac(mac)
+    found = [h for h in net.dhcp_hosts() if h.mac == mac]
+    if not found:
+        return False
+    el = ET.Element("host", {"mac": found[0].mac, "ip": found[0].ip})
+    if found[0].name:
+        el.set("name", found[0].name)
+    xml = ET.tostring(el, encoding="unicode")
+
+    def delete(conn: libvirt.virConnect) -> None:
+        vnet = _virnet(conn, net)
+        flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG if vnet.isPersistent() else 0
+        if vnet.isActive():
+            flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
+        command, section = libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST
+        vnet.update(command, section, -1, xml, flags)
+
+    net.host.call(f"network {net.name} delete dhcp host {mac}", delete)
+    return True
+
+
+def leases(net: LibvirtNetwork, mac: str | None = None) -> list[Lease]:
+    """Current IPv4 DHCP leases of the network, only those of ``mac`` when given."""
+    wanted = normalize_mac(mac) if mac else None
+    rows = net.host.call(f"network {net.name} DHCPLeases", lambda c: _virnet(c, net).DHCPLeases(wanted, 0))
+    return [
+        Lease(normalize_mac(r["mac"]), r["ipaddr"], r.get("hostname") or None, int(r.get("expirytime", 0)))
+        for r in rows or []
+        if r.get("type", libvirt.VIR_IP_ADDR_TYPE_IPV4) == libvirt.VIR_IP_ADDR_TYPE_IPV4
+    ]

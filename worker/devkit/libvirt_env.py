@@ -31,6 +31,7 @@ __all__ = [
     "TEST_ROOT",
     "cleanup_domains",
     "connect",
+    "create_snapshot",
     "ensure_isolated_network",
     "list_domain_names",
     "make_datastore",
@@ -39,6 +40,7 @@ __all__ = [
     "remove_datastore",
     "remove_network",
     "sha256",
+    "snapshot_names",
     "system_available",
     "validate_domain_xml",
     "write_pattern",
@@ -178,3 +180,18 @@ def validate_domain_xml(xml: str, tmpdir: str | Path) -> None:
     proc = subprocess.run(["virt-xml-validate", str(p), "domain"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise AssertionError(f"virt-xml-validate failed: {proc.stdout}{proc.stderr}\n{xml}")
+
+
+def create_snapshot(conn: libvirt.virConnect, domain_name: str, name: str, description: str = "") -> str:
+    """Snapshot the domain ``domain_name`` of ``conn`` (any driver); returns the snapshot's name."""
+    root = ET.Element("domainsnapshot")
+    ET.SubElement(root, "name").text = name
+    if description:
+        ET.SubElement(root, "description").text = description
+    snap = conn.lookupByName(domain_name).snapshotCreateXML(ET.tostring(root, encoding="unicode"), 0)
+    return str(snap.getName())
+
+
+def snapshot_names(conn: libvirt.virConnect, domain_name: str) -> list[str]:
+    """Names of every snapshot of the domain ``domain_name`` of ``conn``, in libvirt's order."""
+    return [str(s.getName()) for s in conn.lookupByName(domain_name).listAllSnapshots(0)]

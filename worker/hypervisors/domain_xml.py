@@ -146,15 +146,6 @@ def description_text(
     )
 
 
-def build_snapshot_xml(name: str, description: str = "") -> str:
-    """``<domainsnapshot>`` for ``snapshotCreateXML``."""
-    root = ET.Element("domainsnapshot")
-    ET.SubElement(root, "name").text = name
-    if description:
-        ET.SubElement(root, "description").text = description
-    return ET.tostring(root, encoding="unicode")
-
-
 # --------------------------------------------------------------------------- reading
 
 
@@ -305,25 +296,6 @@ def _graphics(el: ET.Element) -> DomainGraphics:
     )
 
 
-@dataclass(frozen=True)
-class SnapshotInfo:
-    name: str
-    creation_time: int
-    state: str
-    description: str
-
-    @classmethod
-    def parse(cls, xml: str) -> SnapshotInfo:
-        """A ``<domainsnapshot>`` as libvirt returns it."""
-        root = parse_xml(xml)
-        return cls(
-            name=root.findtext("name") or "",
-            creation_time=int(root.findtext("creationTime") or 0),
-            state=root.findtext("state") or "",
-            description=root.findtext("description") or "",
-        )
-
-
 __all__ = [
     "DEFAULT_DISK_BUS",
     "DEFAULT_NIC_MODEL",
@@ -334,9 +306,7 @@ __all__ = [
     "DomainSpec",
     "NicSpec",
     "ParsedDomain",
-    "SnapshotInfo",
     "build_domain_xml",
-    "build_snapshot_xml",
     "computer_uuid",
     "description_text",
     "disk_target_dev",

@@ -1,4 +1,4 @@
-"""One libvirt domain (Nova's guest.py): state, power, snapshots, disks, MACs, deletion.
+"""One libvirt domain (Nova's guest.py): state, power, snapshot deletion, disks, MACs, deletion.
 
 Guests are handed out by :class:`worker.hypervisors.host.LibvirtHost` (``list_guests``,
 ``lookup_guest``, ``require_guest``, ``define``); nothing else wraps a raw ``virDomain``. Every libvirt
@@ -21,12 +21,7 @@ from typing import TYPE_CHECKING
 
 import libvirt
 
-from worker.hypervisors.domain_xml import (
-    DiskSource,
-    ParsedDomain,
-    SnapshotInfo,
-    build_snapshot_xml,
-)
+from worker.hypervisors.domain_xml import DiskSource, ParsedDomain
 
 if TYPE_CHECKING:
     from worker.hypervisors.host import LibvirtHost
@@ -210,19 +205,6 @@ class Guest:
         return self.definition().macs
 
     # ------------------------------------------------------------------ snapshots
-    def snapshot_info(self) -> dict[str, SnapshotInfo]:
-        out: dict[str, SnapshotInfo] = {}
-        with self.host.errors(f"listAllSnapshots {self.name}"):
-            for snap in self._dom.listAllSnapshots(0):
-                out[snap.getName()] = SnapshotInfo.parse(snap.getXMLDesc(0))
-        return out
-
-    def create_snapshot(self, name: str, description: str = "") -> str:
-        xml = build_snapshot_xml(name, description)
-        with self.host.errors(f"snapshotCreateXML {self.name}/{name}"):
-            snap = self._dom.snapshotCreateXML(xml, 0)
-            return str(snap.getName())
-
     def delete_snapshot(self, name: str, *, children: bool = True) -> None:
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN if children else 0
         with self.host.errors(f"snapshot-delete {self.name}/{name}"):
@@ -288,4 +270,4 @@ class Guest:
         return deleted
 
 
-__all__ = ["DiskSource", "Guest", "GuestInfo", "PowerState", "SnapshotInfo"]
+__all__ = ["DiskSource", "Guest", "GuestInfo", "PowerState"]

@@ -255,13 +255,6 @@ def find_repository_image_file_paths(repository_path: str | None, image_name: st
     return found
 
 
-def image_repository_search_paths(repository_path: str | None, image_name: str) -> list[str]:
-    """Glob patterns under which a copy of the image may live (used by image retrieval)."""
-    if not repository_path:
-        return []
-    return [os.path.join(repository_path, f"{image_name}*"), os.path.join(repository_path, image_name, "*")]
-
-
 __all__ = [
     "DOMAIN_NAME_MAX_LENGTH",
     "copy_on_write_file_path",
@@ -269,7 +262,6 @@ __all__ = [
     "domain_name",
     "find_master_candidates",
     "find_repository_image_file_paths",
-    "image_repository_search_paths",
     "is_computer_disk",
     "is_computer_domain",
     "master_image_file_path",

@@ -1,4 +1,4 @@
-"""libvirt networks as the guest sees them: DHCP reservations (MAC -> IP), leases, a domain's address.
+"""libvirt networks as the guest sees them: DHCP reservations (MAC -> IP) and a domain's address.
 
 VCL gives every computer a fixed private address (``computer.privateIPaddress``) and MAC
 (``eth0macaddress``); on a libvirt network with DHCP the guest gets that address when the network
@@ -42,14 +42,6 @@ class DhcpHost:
     mac: str
     ip: str
     name: str | None
-
-
-@dataclass(frozen=True)
-class Lease:
-    mac: str
-    ip: str
-    hostname: str | None
-    expiry: int  # seconds since the epoch
 
 
 def normalize_mac(mac: str) -> str:
@@ -98,9 +90,6 @@ class LibvirtNetwork:
         return parse_xml(
             self.host.call(f"network {self.name} XMLDesc", lambda _c: self._net().XMLDesc(flags))
         )
-
-    def is_active(self) -> bool:
-        return bool(self.host.call(f"network {self.name} isActive", lambda _c: self._net().isActive()))
 
     def bridge(self) -> str | None:
         el = self._xml().find("bridge")
@@ -162,29 +151,6 @@ class LibvirtNetwork:
             return DhcpChange.UNCHANGED
         self._update(libvirt.VIR_NETWORK_UPDATE_COMMAND_MODIFY, want)
         return DhcpChange.MODIFIED
-
-    def remove_dhcp_host(self, mac: str) -> bool:
-        """Drop the reservation of ``mac``; False when there was none."""
-        mac = normalize_mac(mac)
-        for h in self.dhcp_hosts():
-            if h.mac == mac:
-                self._update(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, h)
-                return True
-        return False
-
-    def leases(self, mac: str | None = None) -> list[Lease]:
-        """Current DHCP leases of the network, only those of ``mac`` when given."""
-        wanted = normalize_mac(mac) if mac else None
-        rows = self.host.call(
-            f"network {self.name} DHCPLeases", lambda _c: self._net().DHCPLeases(wanted, 0) or []
-        )
-        return [
-            Lease(
-                normalize_mac(r["mac"]), r["ipaddr"], r.get("hostname") or None, int(r.get("expirytime", 0))
-            )
-            for r in rows
-            if r.get("type", libvirt.VIR_IP_ADDR_TYPE_IPV4) == libvirt.VIR_IP_ADDR_TYPE_IPV4
-        ]
 
 
 def domain_ipv4_addresses(host: LibvirtHost, domain_name: str, mac: str | None = None) -> list[str]:
