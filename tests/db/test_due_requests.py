@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import text
@@ -15,6 +13,7 @@ from worker.db.schedule import check_time
 from worker.db.seed import SeededSite, create_request, seed_site
 from worker.db.store import VclStore
 from worker.devkit.site import seed_poll_requests
+from worker.devkit.sqlcount import counting_statements, statement_kinds
 
 
 def _now(sf: sessionmaker[Session]) -> datetime:
@@ -108,18 +107,16 @@ def test_due_requests_scenarios(sf: sessionmaker[Session], store: VclStore, site
     assert {x.request_id for x in store.find_due_requests(other.management_node_id)} == {foreign}
 
 
-def test_find_due_requests_is_fast(sf: sessionmaker[Session], store: VclStore) -> None:
+def test_find_due_requests_among_10000_others(sf: sessionmaker[Session], store: VclStore) -> None:
     """10,000 reservations vcld has nothing to do with (future reservations, finished requests that
-    are not removable yet, inuse requests checked recently) + 100 due ones, one management node."""
+    are not removable yet, inuse requests checked recently) + 100 due ones, one management node: the
+    100 and only they, in one SELECT whatever the number of rows. How fast is benchmark B5's (the
+    poll's target lives there, measured against a raw cursor in the same run, not in a timed test)."""
     site = seed_site(sf, unique_spec(vm_hostnames=tuple(f"bench{i}.example.org" for i in range(1))))
     seed_poll_requests(sf, site)
     store.find_due_requests(site.management_node_id)  # warm up (state cache, connection)
-    timings = []
-    for _ in range(7):
-        t0 = time.perf_counter()
+    engine = sf.kw["bind"]
+    with counting_statements(engine) as statements:
         due = store.find_due_requests(site.management_node_id)
-        timings.append(time.perf_counter() - t0)
     assert len(due) == 100 and {d.action for d in due} == {"start"}
-    median_ms = statistics.median(timings) * 1000
-    print(f"find_due_requests: median {median_ms:.1f} ms, min {min(timings) * 1000:.1f} ms over 10,100 rows")
-    assert median_ms <= 50, timings
+    assert statement_kinds(statements) == {"SELECT": 1}, statements
