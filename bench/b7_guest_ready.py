@@ -28,6 +28,7 @@ import libvirt
 
 from bench.common import med, ratio
 from bench.stack import RESULTS
+from worker.app import vmhost_of_queue
 from worker.devkit.commands import run_quiet
 from worker.devkit.stack import Stack, StackConfig, open_stack
 from worker.hypervisors.domain_type import choose_domain_type
@@ -102,7 +103,9 @@ def run(repeat: int = 3) -> dict[str, Any]:
     with open_stack(config, Stack) as stack:
         postload_queue = stack.queue + ".postload"
         stack.start_worker(RESULTS, concurrency=1, loglevel="WARNING", env={"VCL_POST_LOAD": "none"})
-        stack.start_worker(RESULTS, concurrency=1, loglevel="WARNING", queues=[postload_queue])
+        # Same VM host through a queue of its own (so VCL_VMHOST).
+        host_env = {"VCL_VMHOST": str(vmhost_of_queue(stack.queue))}
+        stack.start_worker(RESULTS, concurrency=1, loglevel="WARNING", queues=[postload_queue], env=host_env)
         # Untimed warm-up of both workers (DB pools, libvirt connections, the DHCP host entry); the
         # first load's domain XML is the raw floor's.
         _dt, first = _worker_load(stack, stack.queue)

@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.common import med, ratio
 from bench.stack import RESULTS
+from worker.app import vmhost_of_queue
 from worker.devkit.stack import Stack, StackConfig, open_stack
 from worker.hypervisors.boot_snapshot_files import disk_cost
 from worker.hypervisors.readiness import wait_for_ssh
@@ -52,7 +53,9 @@ def run(repeat: int = 5) -> dict[str, Any]:
     with open_stack(config, Stack) as stack:
         cold_queue = stack.queue + ".cold"
         stack.start_worker(RESULTS, concurrency=1, env={"VCL_BOOT_SNAPSHOTS": "1"})
-        stack.start_worker(RESULTS, concurrency=1, queues=[cold_queue], env={"VCL_BOOT_SNAPSHOTS": "0"})
+        # The cold worker serves the same VM host through a queue of its own (so VCL_VMHOST).
+        cold_env = {"VCL_BOOT_SNAPSHOTS": "0", "VCL_VMHOST": str(vmhost_of_queue(stack.queue))}
+        stack.start_worker(RESULTS, concurrency=1, queues=[cold_queue], env=cold_env)
         # Untimed warm-up of both workers; the snapshot worker's first reload boots cold and saves.
         first_s, _, first = _reload(stack, SNAP, stack.queue)
         cold_first_s, _, _ = _reload(stack, COLD, cold_queue)

@@ -17,9 +17,21 @@ from worker.config import Settings, get_settings
 DEFAULT_QUEUE = "vcl.default"
 
 
+VMHOST_QUEUE_PREFIX = "vmhost."
+
+
 def vmhost_queue(vmhost_short_name: str) -> str:
     """The queue a VM host's worker consumes: ``vmhost.<host short name>``."""
-    return f"vmhost.{vmhost_short_name}"
+    return f"{VMHOST_QUEUE_PREFIX}{vmhost_short_name}"
+
+
+def vmhost_of_queue(queue: str | None) -> str | None:
+    """The VM host a queue (a delivery's routing key) belongs to: ``vmhost.<host>`` → ``<host>``;
+    None for any other queue. A host worker consumes its own host's queue only (``vcl-worker worker
+    --vmhost``), so the queue a message came from names the host the worker serves."""
+    if not queue or not queue.startswith(VMHOST_QUEUE_PREFIX):
+        return None
+    return queue[len(VMHOST_QUEUE_PREFIX) :] or None
 
 
 def route_task(
@@ -66,9 +78,9 @@ def configure(app: Celery, settings: Settings) -> None:
         task_reject_on_worker_lost=False,
         # Kept on after review: when the broker connection drops, kombu closes the channel and puts
         # every delivered-but-unacked message back on its queue (QoS.restore_unacked_once); a task
-        # left running would then run twice under one task id, and the per-computer lock lets a
-        # redelivery of the same id take its lock over. Cancelling makes the blip a plain
-        # redelivery: the flows resume idempotently, and VCL_MAX_DELIVERIES bounds how often.
+        # left running would then run twice under one task id (the per-computer lock, whose token
+        # names the delivery, makes the second copy wait for the first). Cancelling makes the blip a
+        # plain redelivery: the flows resume idempotently, and VCL_MAX_DELIVERIES bounds how often.
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_transport_options=transport,
         result_backend_transport_options=transport,

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import sys
+from dataclasses import replace
 from typing import Any
 
 from worker.actions import BY_NAME
@@ -94,9 +95,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from worker import wiring as runtime
     from worker.app import app, vmhost_queue
 
-    settings = get_settings()
+    # The host this worker serves: its tasks refuse computers of other hosts (tasks/host_check.py).
+    settings = replace(get_settings(), vmhost=args.vmhost)
+    runtime.configure(settings=settings)
     argv = [
         "worker",
         "--queues",

@@ -5,6 +5,10 @@ The management node's side of delegated mode: vcld's provisioning module
 The task goes to the queue of the reservation's VM host (from the VCL database); the command waits
 for the result and prints ONE JSON object (``--json``) or the bare result, exit status 0 when the call
 succeeded, 1 otherwise (failure, timeout, broker or database unreachable).
+
+The call cannot act after the command gave up: it is sent with Celery's ``expires`` and a
+``deadline`` (both: now + the timeout), a worker answers ``expired`` without acting when it would
+start (or get the computer's lock) after that, and on timeout the command revokes the task.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from worker.delegated.methods import BY_METHOD, TASK_NAME, call_timeout
@@ -60,6 +65,14 @@ def _route(reservation_id: int) -> str | None:
     return None if host is None else vmhost_queue(host)
 
 
+def _revoke(result: Any) -> bool:
+    try:
+        result.revoke()
+    except Exception:  # the broker is gone too: the task's own deadline still holds
+        return False
+    return True
+
+
 def _failed(base: dict[str, Any], error: str) -> dict[str, Any]:
     return {**base, "ok": False, "result": None, "error": error}
 
@@ -77,15 +90,23 @@ def cmd_call(args: argparse.Namespace) -> int:
         from worker.app import app
 
         task_args = [args.method, args.reservation_id, list(args.args)]
-        result = app.send_task(TASK_NAME, args=task_args, queue=queue)
+        # Without --wait nobody waits, but the call still expires after the method's timeout.
+        deadline = time.time() + timeout
+        result = app.send_task(
+            TASK_NAME, args=task_args, kwargs={"deadline": deadline}, queue=queue, expires=timeout
+        )
         base.update(task_id=result.id, queue=queue)
         if not args.wait:
             return _emit({**base, "ok": True, "result": None, "detail": "sent"}, as_json=args.json)
         try:
             value = result.get(timeout=timeout, propagate=False, interval=0.2)
         except CeleryTimeout:
-            # The task may still run on the host; vcld treats this call as failed.
-            return _emit(_failed(base, f"no result within {timeout:g} s"), as_json=args.json)
+            # vcld treats this call as failed: nobody waits for it any more. Revoked (a worker drops
+            # it unstarted); one already running answers "expired" at its next deadline check.
+            revoked = _revoke(result)
+            return _emit(
+                {**_failed(base, f"no result within {timeout:g} s"), "revoked": revoked}, as_json=args.json
+            )
     except Exception as exc:  # broker, backend or database unreachable: still one JSON answer
         return _emit(_failed(base, f"{type(exc).__name__}: {exc}"), as_json=args.json)
     base["seconds"] = stopwatch.elapsed()

@@ -7,8 +7,10 @@ that task on the queue of the reservation's VM host and marks the claim sent. A 
 dispatcher claimed first is skipped. Only computers whose provisioning module is libvirt are claimed
 (a mixed site's VMware or OpenStack computers, and the vcld bridge's, are someone else's).
 
-``deleted``/``timeout`` requests are reclaimed as vcld's ``reclaim.pm`` does (a reload request), and
-:func:`sweep` makes sure no claim stays ``pending`` for good.
+``deleted``/``timeout`` requests are reclaimed as vcld's ``reclaim.pm`` does (a reload request) once
+no task holds the computer's lock (a load the user cancelled hands the computer back itself); a
+``reserved``/``inuse`` reservation past its ``end`` is timed out first (``inuse.pm``). :func:`sweep`
+makes sure no claim stays ``pending`` for good.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from enum import StrEnum
 from typing import Any
 
 from celery import Celery
-from celery.backends.base import KeyValueStoreBackend
+from redis.exceptions import RedisError
 
 from worker.actions import BY_STATE
 from worker.app import vmhost_queue
 from worker.config import Settings
+from worker.db.cancel import ENDABLE_STATES
 from worker.db.claim_batch import ClaimWish
 from worker.db.reservation_row import LIBVIRT_PERL_PACKAGE
 from worker.db.schedule import DueRequest
@@ -34,6 +37,8 @@ from worker.db.store import VclStore
 from worker.db.sweep import PendingClaim
 from worker.delegated.guard import refuse_if_vcld_serves
 from worker.failpoints import failpoint
+from worker.liveness import gone_tasks, task_infos
+from worker.tasks.locks import computer_lock_name
 from worker.tasks.task_ids import remember_task_ids
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,7 @@ class DispatchAction(StrEnum):
     REMOVED = "removed"
     SKIPPED = "skipped"
     RECLAIMED = "reclaimed"
+    ENDED = "ended"  # past its end time: timeout (then reclaimed)
     # The sweep's verdicts (SweepVerdict), reported under their own values.
     REQUEUED = "requeue"
     FAILED = "fail"
@@ -111,6 +117,11 @@ def dispatch_once(
             store.delete_request(due.request_id)
             done.append(Dispatched(due.request_id, due.reservation_id, due.state, DispatchAction.REMOVED))
             continue
+        if due.state in ENDABLE_STATES and due.past_end and due.request_id not in seen_requests:
+            # inuse.pm at the end time: timeout, then reclaim.pm in the same pass (a fresh disk).
+            seen_requests.add(due.request_id)
+            done.extend(_end(store, due, kv))
+            continue
         if due.action != "start":
             done.append(_skip(due, f"check_time={due.action}: preloading is not implemented"))
             continue
@@ -123,17 +134,7 @@ def dispatch_once(
                 continue
         if due.state in ("deleted", "timeout"):
             seen_requests.add(due.request_id)
-            got = store.reclaim(due.request_id, due.reservation_id, due.state)
-            log.info("request %s (%s) reclaimed: %s %s", due.request_id, due.state, got.outcome, got)
-            done.append(
-                Dispatched(
-                    due.request_id,
-                    due.reservation_id,
-                    due.state,
-                    DispatchAction.RECLAIMED,
-                    reason=got.outcome,
-                )
-            )
+            done.append(_reclaim(store, due, kv))
             continue
         action = BY_STATE.get(due.state)
         if action is None:
@@ -147,6 +148,40 @@ def dispatch_once(
         wishes.append(_Wish(claim, action.task_name, vmhost_queue(due.vmhost_short_name)))
     done.extend(_claim_and_enqueue(store, celery_app, wishes, kv=kv))
     return done
+
+
+def _end(store: VclStore, due: DueRequest, kv: Any) -> list[Dispatched]:
+    """A ``reserved``/``inuse`` reservation past its end: ``timeout`` (guarded on the end time, so an
+    extension the web made meanwhile wins), then reclaimed."""
+    reason = not_ours(due.perlpackage)
+    if reason:
+        return [_skip(due, f"computer {due.computer_id}: {reason}")]
+    if not store.time_out(due.request_id, due.reservation_id, due.state):
+        return [_skip(due, "not past its end any more (extended) or changed meanwhile")]
+    log.info("request %s (%s) ended at its end time %s", due.request_id, due.state, due.end)
+    ended = Dispatched(due.request_id, due.reservation_id, due.state, DispatchAction.ENDED, reason="timeout")
+    return [ended, _reclaim(store, replace(due, state="timeout", laststate=due.state), kv)]
+
+
+def _reclaim(store: VclStore, due: DueRequest, kv: Any) -> Dispatched:
+    """reclaim.pm for a ``deleted``/``timeout`` request, once no task holds its computer: a load
+    whose request the user deleted completes it and hands the computer back itself."""
+    if computer_locked(kv, due.computer_id):
+        return _skip(due, f"computer {due.computer_id} is held by a running task; reclaimed once it is free")
+    got = store.reclaim(due.request_id, due.reservation_id, due.state)
+    log.info("request %s (%s) reclaimed: %s %s", due.request_id, due.state, got.outcome, got)
+    return Dispatched(
+        due.request_id, due.reservation_id, due.state, DispatchAction.RECLAIMED, reason=got.outcome
+    )
+
+
+def computer_locked(kv: Any, computer_id: int) -> bool:
+    """Whether a task holds the computer's lock (``worker.tasks.locks``); unknown counts as held."""
+    try:
+        return kv.get(computer_lock_name(computer_id)) is not None
+    except RedisError as exc:
+        log.warning("computer %s: lock not readable (%s); reclaim deferred", computer_id, exc)
+        return True
 
 
 @dataclass(frozen=True)
@@ -230,18 +265,7 @@ class _SentEventBatch:
 def task_states(celery_app: Celery, task_ids: list[str]) -> dict[str, str]:
     """Celery state of each task: one ``MGET`` on a key-value result backend (Redis), else one
     lookup per task. A task the backend does not know is ``PENDING``, as ``AsyncResult.state`` says."""
-    backend = celery_app.backend
-    if task_ids and isinstance(backend, KeyValueStoreBackend):
-        try:
-            values = backend.mget([backend.get_key_for_task(t) for t in task_ids])
-        except NotImplementedError:
-            pass
-        else:
-            return {
-                t: "PENDING" if v is None else str(backend.decode_result(v)["status"])
-                for t, v in zip(task_ids, values, strict=True)
-            }
-    return {t: str(celery_app.AsyncResult(t).state) for t in task_ids}
+    return {t: info.state for t, info in task_infos(celery_app, task_ids).items()}
 
 
 def _skip(due: DueRequest, reason: str) -> Dispatched:
@@ -249,18 +273,23 @@ def _skip(due: DueRequest, reason: str) -> Dispatched:
     return Dispatched(due.request_id, due.reservation_id, due.state, DispatchAction.SKIPPED, reason=reason)
 
 
-def sweep_verdict(claim: PendingClaim, task_state: str, grace: float, queued_grace: float) -> SweepVerdict:
+def sweep_verdict(
+    claim: PendingClaim, task_state: str, grace: float, queued_grace: float, *, worker_gone: bool = False
+) -> SweepVerdict:
     """WAIT, REQUEUE or FAIL for a pending claim whose task is in ``task_state``.
 
     A task that is over (SUCCESS/FAILURE/REVOKED: e.g. killed by its hard time limit while the
     database was down) left the claim behind: fail it. A task Celery does not know (PENDING) was
     never sent (dispatcher killed between claim and ``send_task``) or its message is gone: once the
     grace period (for a sent task: the broker's visibility timeout) has passed, re-enqueue it once,
-    then fail it. A running or retrying task is left alone."""
+    then fail it. A running or retrying task is left alone while its worker holds it; one whose worker
+    is gone (``worker_gone``, see :func:`worker.liveness.gone_tasks`) is re-enqueued once, then failed."""
     if task_state in _FINISHED:
         return SweepVerdict.FAIL
     if task_state != "PENDING":
-        return SweepVerdict.WAIT
+        if not worker_gone:
+            return SweepVerdict.WAIT
+        return SweepVerdict.REQUEUE if claim.record.requeued == 0 else SweepVerdict.FAIL
     limit = queued_grace if claim.record.sent else grace
     if claim.age < limit:
         return SweepVerdict.WAIT
@@ -280,13 +309,15 @@ def sweep(
         if BY_STATE.get(c.claimed_from) is not None and not not_ours(c.perlpackage)
         and c.vmhost_short_name is not None
     ]  # fmt: skip
-    states = task_states(celery_app, [c.record.task_id for c in ours if c.record.task_id])
+    infos = task_infos(celery_app, [c.record.task_id for c in ours if c.record.task_id])
+    states = {t: info.state for t, info in infos.items()}
+    gone = gone_tasks(celery_app, [c for c in ours if c.record.task_id], infos, grace, settings=settings)
     for claim in ours:
         action = BY_STATE[claim.claimed_from]
         assert claim.vmhost_short_name is not None
         rec = claim.record
         task_state = states.get(rec.task_id, "PENDING")
-        verdict = sweep_verdict(claim, task_state, grace, queued_grace)
+        verdict = sweep_verdict(claim, task_state, grace, queued_grace, worker_gone=rec.task_id in gone)
         if verdict is SweepVerdict.WAIT:
             continue
         action_taken = DispatchAction(verdict.value)
@@ -294,6 +325,8 @@ def sweep(
             claim.request_id, claim.reservation_id, "pending", action_taken, task_id=rec.task_id
         )
         why = f"task {rec.task_id or '(none)'} is {task_state} after {claim.age:.0f} s"
+        if rec.task_id in gone:
+            why += ", its worker gone"
         if verdict is SweepVerdict.FAIL:
             message = f"{action.task_name}: {why}; the request was never finished"
             if store.fail_stranded(claim.reservation_id, rec.task_id or None, message):

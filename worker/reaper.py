@@ -55,7 +55,7 @@ from worker.hypervisors.boot_snapshot_files import file_re as snapshot_file_re
 from worker.hypervisors.errors import InvalidInputError, PermanentError, ProvisioningError
 from worker.hypervisors.host import LibvirtHost, get_host
 from worker.hypervisors.roots import under_roots
-from worker.tasks.locks import computer_lock
+from worker.tasks.locks import HeldLock, computer_lock
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ _DOMAIN_RE = re.compile(r"^(?P<short>[^_:/]+)_(?:.*_)?(?P<imageid>\d+)-v(?P<rev>
 REAP_LOCK_WAIT = 10.0
 # TTL of the reaper's hold on a computer lock: one domain or file removal, then it is released.
 REAP_LOCK_TTL = 300
+# The hold is a lease renewed by a heartbeat while the reaper works (a reaper killed mid-removal
+# frees the computer within it); one found lost stops the removal (the item is kept).
+REAP_LOCK_LEASE = 60
 # Reasons --apply adds to ``kept`` (printed, unlike the listing's own reasons).
 RECHECKED_LIVE = "live again when re-checked under the computer lock"
 NOT_REMOVED = "not removed:"
@@ -258,10 +261,10 @@ def apply_plan(plan: ReapPlan, host: LibvirtHost, replan: Replan, lock_for: Lock
 
     def attempt(o: Orphan) -> None:
         try:
-            with lock_for(o.computer_ids):
+            with lock_for(o.computer_ids) as held:
                 if not _still_orphan(o, replan):
                     plan.kept.append((o.name, RECHECKED_LIVE))
-                elif _remove(o, host):
+                elif _holding(held) and _remove(o, host):
                     removed.append(o.name)
         except ProvisioningError as exc:  # ComputerBusyError: a task holds the computer
             plan.kept.append((o.name, f"{NOT_REMOVED} {exc}"))
@@ -277,13 +280,26 @@ def apply_plan(plan: ReapPlan, host: LibvirtHost, replan: Replan, lock_for: Lock
     return removed
 
 
+def _holding(held: object) -> bool:
+    """True; LockLostError (a ProvisioningError: the item is kept) when a lease of ``held`` was lost."""
+    for lock in held if isinstance(held, list) else ():
+        if isinstance(lock, HeldLock):
+            lock.check()
+    return True
+
+
 @contextlib.contextmanager
-def computer_locks(client: object, ids: Sequence[int]) -> Iterator[object]:
-    """Every lock of ``ids`` (sorted: two reapers never wait on each other crosswise)."""
+def computer_locks(client: object, ids: Sequence[int], *, lease: int = REAP_LOCK_LEASE) -> Iterator[object]:
+    """Every lock of ``ids`` (sorted: two reapers never wait on each other crosswise), each a lease
+    renewed while the reaper works; yields the list of :class:`HeldLock`."""
     with contextlib.ExitStack() as stack:
-        for cid in sorted(set(ids)):
-            stack.enter_context(computer_lock(client, cid, ttl=REAP_LOCK_TTL, wait=REAP_LOCK_WAIT))
-        yield None
+        held = [
+            stack.enter_context(
+                computer_lock(client, cid, ttl=REAP_LOCK_TTL, wait=REAP_LOCK_WAIT, lease=lease)
+            )
+            for cid in sorted(set(ids))
+        ]
+        yield held
 
 
 def _short(name: str) -> str:
@@ -330,7 +346,7 @@ def format_plan(plan: ReapPlan, *, applied: bool) -> Iterable[str]:
 def run_reap(store: VclStore, settings: Settings, kv: Any, *, apply: bool, vmhost: str | None = None) -> int:
     """CLI entry: 0 on success, 2 when the VM host cannot be determined or is not this host.
     ``kv``: the Redis of the computer locks (taken only with ``apply``)."""
-    name = vmhost or os.environ.get("VCL_VMHOST")
+    name = vmhost or settings.vmhost
     if not name:
         print("vcl-worker reap: give --vmhost NAME or set VCL_VMHOST", flush=True)
         return 2

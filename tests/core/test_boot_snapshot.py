@@ -37,7 +37,7 @@ def _load(env: Env, res: Reservation, **settings: Any) -> LoadResult:
 
 
 def _guest(res: Reservation, *argv: str) -> str:
-    login = postload.login_for(res, res.computer_private_ip or "")
+    login = postload.login_for(res, res.computer_private_ip or "", host_keys=None)
     assert login is not None
     with postload.GuestShell(login) as shell:
         return shell.check(list(argv))
@@ -96,7 +96,7 @@ def test_reload_restores_a_fresh_copy_and_a_broken_snapshot_boots_cold(
 
 
 def _guest_run(res: Reservation, *argv: str) -> tuple[int, str]:
-    login = postload.login_for(res, res.computer_private_ip or "")
+    login = postload.login_for(res, res.computer_private_ip or "", host_keys=None)
     assert login is not None
     with postload.GuestShell(login) as shell:
         return shell.run(list(argv))

@@ -15,6 +15,7 @@ import pytest
 from worker.config import Settings
 from worker.devkit.reservations import make_reservation
 from worker.hypervisors import guest_access, postload
+from worker.hypervisors.host_keys import HostKeyMode, HostKeyPin
 from worker.hypervisors.postload import GuestLogin, GuestShell, GuestUnreachableError
 
 ADDRESS = "192.0.2.10"  # TEST-NET: the stand-in shell never connects
@@ -48,6 +49,8 @@ def fake_shell(monkeypatch: pytest.MonkeyPatch) -> type[_FakeShell]:
     _FakeShell.sessions = []
     _FakeShell.refuse = False
     monkeypatch.setattr(postload, "GuestShell", _FakeShell)
+    # The key-only handshake before a post-load that does not log in (tests/core/test_host_keys.py).
+    monkeypatch.setattr(postload, "check_host_key", lambda *_a, **_k: None)
     return _FakeShell
 
 
@@ -58,7 +61,9 @@ def _set_clock(shell: Any) -> None:
 def _run(post_load: str) -> float:
     r = make_reservation(management_node_keys=("/nonexistent/key",))
     settings = Settings(post_load=post_load)
-    return guest_access._run_post_load(r, ADDRESS, settings, time.monotonic() + 5, _set_clock)
+    pin = HostKeyPin.for_reservation(settings, r, HostKeyMode.VERIFY)
+    answer = guest_access.GuestAnswer(ADDRESS, 22, "", 0.0)
+    return guest_access._run_post_load(r, answer, settings, time.monotonic() + 5, (pin, _set_clock))
 
 
 def test_first_step_runs_on_post_loads_one_session(fake_shell: type[_FakeShell]) -> None:

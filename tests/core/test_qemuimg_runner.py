@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +104,72 @@ def test_format_from_extension_and_explicit_convert_format(tmp_path) -> None:  #
     qemuimg.convert(str(src), str(tmp_path / "bytes.raw"), "raw", src_fmt="raw")
     assert (tmp_path / "bytes.raw").read_bytes()[:4] == b"QFI\xfb"
     assert qemuimg.compare(str(src), str(tmp_path / "bytes.raw"), "qcow2", "raw") is False
+
+
+_CONVERT_FOREVER = """
+import shutil, sys
+from worker.hypervisors import qemuimg
+if sys.argv[3] == "prctl":  # the fallback: no setpriv on the host
+    real = shutil.which
+    shutil.which = lambda name, *a, **k: None if name == "setpriv" else real(name, *a, **k)
+qemuimg.convert(sys.argv[1], sys.argv[2], "qcow2", src_fmt="raw", timeout=600)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("how", ["setpriv", "prctl"])
+def test_qemu_img_dies_with_its_parent(tmp_path: Path, how: str) -> None:
+    """kill -9 of the process running a long ``qemu-img convert`` (its source a FIFO nobody writes:
+    qemu-img blocks for ever) takes qemu-img with it, through its parent-death signal."""
+    if not qemuimg.available():
+        pytest.skip("qemu-img not installed")
+    fifo = tmp_path / "never-written"
+    os.mkfifo(fifo)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _CONVERT_FOREVER, str(fifo), str(tmp_path / "out.qcow2"), how],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        deadline = time.monotonic() + 20
+        child = None
+        while child is None and time.monotonic() < deadline:
+            named = [c for c in _children(parent.pid) if "qemu-img" in _cmdline(c)]
+            child = named[0] if named else None
+            time.sleep(0.05)
+        assert child is not None, "qemu-img never started"
+        time.sleep(0.3)
+        assert _alive(child)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        gone_by = time.monotonic() + 5
+        while _alive(child) and time.monotonic() < gone_by:
+            time.sleep(0.05)
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+            pytest.fail(f"qemu-img ({how}) outlived its killed parent")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            parent.kill()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

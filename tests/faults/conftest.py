@@ -42,6 +42,10 @@ COUNTERS: dict[str, int] = {
     "stuck pending": 0,
     "bad inputs tried": 0,
     "bad inputs rejected": 0,
+    "cancels during a load": 0,
+    "reservations ended at their end time": 0,
+    "late calls refused": 0,
+    "wrong-host deliveries refused": 0,
 }
 _USED = {"faults": False}
 

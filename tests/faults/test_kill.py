@@ -59,8 +59,10 @@ def test_kill_9_then_redelivery_loads_exactly_once(
         res = fstack.new_reservation(index, image_id, rev_id)
     else:
         res = fstack.new_reservation(index)
+    # The killed child's computer lock is its delivery's: the redelivery waits for it to end with
+    # its lease (a short one here), it never adopts it.
     with running_worker(
-        fstack, concurrency=1, VCL_FAILPOINT=point, VCL_FAILPOINT_MARKER=str(marker)
+        fstack, concurrency=1, VCL_FAILPOINT=point, VCL_FAILPOINT_MARKER=str(marker), VCL_LOCK_LEASE="9"
     ) as worker:
         result = send(fstack, "vcl.load", res).get(timeout=240, propagate=False)
         log = worker.tail(20000)

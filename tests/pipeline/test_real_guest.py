@@ -23,6 +23,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from worker.app import vmhost_of_queue
 from worker.devkit.celery_worker import CeleryWorker
 from worker.devkit.images import qemu_img_info, sha256
 from worker.devkit.stack import Stack, StackConfig, open_stack
@@ -222,7 +223,12 @@ def test_reload_killed_9_and_redelivered_still_wipes_the_disk(
     marker = tmp_path / "fired"
     # A worker of its own (its child kills itself once at ``point``) on a queue of its own.
     queue = f"{gstack.queue}.kill"
-    env = {"VCL_FAILPOINT": point, "VCL_FAILPOINT_MARKER": str(marker)}
+    # It serves the same VM host as the main worker (its queue's name is not vmhost.<host>).
+    env = {
+        "VCL_FAILPOINT": point,
+        "VCL_FAILPOINT_MARKER": str(marker),
+        "VCL_VMHOST": str(vmhost_of_queue(gstack.queue)),
+    }
     with gstack.running_worker(tmp_path, concurrency=1, queues=[queue], env=env) as killer:
         task_id = gstack.send("vcl.reload", res, queue=queue).id
         value = reload_wipes(gstack, killer, index, task_id, res, trace)

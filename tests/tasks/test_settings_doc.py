@@ -6,10 +6,11 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from worker.config import Settings, readme_with_table, setting_specs, settings_table
+from worker.config import Settings, setting_specs
+from worker.settings_doc import readme_with_table, settings_table
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-REGENERATE = "python -m worker.config --update-readme README.md"
+REGENERATE = "python -m worker.settings_doc --update-readme README.md"
 
 
 def test_readme_table_is_generated_from_the_settings() -> None:

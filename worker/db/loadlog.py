@@ -67,12 +67,30 @@ def update_log_ending(s: Session, request_id: int, ending: str, now: datetime) -
 def state_exit_loadlog(s: Session, ids: VclIds, r: Reservation, old_state: str, now: datetime) -> None:
     """``State.pm:state_exit`` steps 5-6 for the parent: delete ``begin`` rows (old state
     new/reserved) or all rows of all the request's reservations, then insert ``exited``."""
-    res_ids = select(m.Reservation.id).where(m.Reservation.requestid == r.request_id)
+    state_exit_rows(
+        s, ids, request_id=r.request_id, reservation_id=r.reservation_id, computer_id=r.computer_id,
+        old_state=old_state, now=now,
+    )  # fmt: skip
+
+
+def state_exit_rows(
+    s: Session, ids: VclIds, *, request_id: int, reservation_id: int, computer_id: int, old_state: str,
+    now: datetime,
+) -> None:  # fmt: skip
+    """:func:`state_exit_loadlog` for a request known by its ids (no :class:`Reservation` read)."""
+    res_ids = select(m.Reservation.id).where(m.Reservation.requestid == request_id)
     cond: ColumnElement[bool] = m.ComputerLoadLog.reservationid.in_(res_ids.scalar_subquery())
     if old_state in ("new", "reserved"):
         cond = and_(cond, m.ComputerLoadLog.loadstateid == ids.loadstate(s, "begin"))
     s.execute(delete(m.ComputerLoadLog).where(cond).execution_options(synchronize_session=False))
-    insert_loadlog(s, ids, r.reservation_id, r.computer_id, "exited", info="", now=now)
+    insert_loadlog(s, ids, reservation_id, computer_id, "exited", info="", now=now)
 
 
-__all__ = ["LoadLogEntry", "insert_loadlog", "loadlog_entries", "state_exit_loadlog", "update_log_ending"]
+__all__ = [
+    "LoadLogEntry",
+    "insert_loadlog",
+    "loadlog_entries",
+    "state_exit_loadlog",
+    "state_exit_rows",
+    "update_log_ending",
+]

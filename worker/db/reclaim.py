@@ -6,7 +6,11 @@ so two dispatchers reclaim it once); a reservation that was used (laststate not 
 computer ``reload`` and a ``reload`` request by ``vclreload`` for the next image (the predictive
 default: the same revision), which the dispatcher then runs like any reload (a fresh disk); one that
 ended before it loaded (laststate ``new``) needs no reload and the computer is ``available`` again.
-A computer in ``maintenance`` or ``reloading`` is left as it is. What vcld does inside the guest
+A computer in ``maintenance`` or ``reload`` (a reload request already waits) is left as it is; one
+still ``reloading`` gets a reload too: vcld leaves it to its live new.pm process, but the dispatcher
+calls :func:`reclaim` only once no task holds the computer's lock (a load that sees its request
+deleted hands the computer back itself, :mod:`worker.db.cancel`), so the load that set it is over
+and its disk may be half built. What vcld does inside the guest
 (``os->post_reservation``, sanitize) has no counterpart here: the reload replaces the disk.
 
 Functions take an open session; :class:`~worker.db.store.VclStore` commits.
@@ -32,7 +36,7 @@ RECLAIM_STATES = ("deleted", "timeout")
 @dataclass(frozen=True, slots=True)
 class Reclaimed:
     request_id: int
-    outcome: str  # "reload", "available", "left" (maintenance/reloading), "lost" (not ours any more)
+    outcome: str  # "reload", "available", "left" (maintenance/reload), "lost" (not ours any more)
     reload_request_id: int = 0
 
 
@@ -67,15 +71,18 @@ def reclaim(s: Session, ids: VclIds, request_id: int, reservation_id: int, state
     laststate, computer_id, image_id, rev_id, imagename, mn_id, computer_state = row
     now = db_now(s)
     insert_loadlog(s, ids, reservation_id, computer_id, state, info=f"reservation {state}", now=now)
-    if computer_state in ("maintenance", "reloading") or "reload" in computer_state:
+    target = ReloadTarget(reservation_id, computer_id, image_id, rev_id, imagename or "", mn_id, laststate)
+    if computer_state == "reloading":
+        # The dispatcher reclaims only when no task holds the computer's lock: the load that set
+        # ``reloading`` is over (cancelled, or its task died) and left a disk in any state. A fresh one.
+        new_request = insert_reload_request(s, ids, target, now, force=True)
+        outcome = "reload"
+    elif computer_state == "maintenance" or "reload" in computer_state:
         outcome, new_request = "left", 0
     elif laststate == "new":
         set_computer_state(s, ids, computer_id, "available")
         outcome, new_request = "available", 0
     else:
-        target = ReloadTarget(
-            reservation_id, computer_id, image_id, rev_id, imagename or "", mn_id, laststate
-        )
         new_request = insert_reload_request(s, ids, target, now)
         outcome = "reload"
     # state_exit for an old state other than new/reserved: every loadlog row of the request, then exited.

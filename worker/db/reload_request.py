@@ -42,9 +42,14 @@ def vclreload_user(s: Session) -> int:
     return int(user_id)
 
 
-def insert_reload_request(s: Session, ids: VclIds, t: ReloadTarget, now: datetime) -> int:
+def insert_reload_request(
+    s: Session, ids: VclIds, t: ReloadTarget, now: datetime, *, force: bool = False
+) -> int:
     """Computer -> ``reload`` + a ``reload`` request (start now, end +30 min) and its reservation.
-    Returns the new request id, or 0 when the computer is already in a reload state (vcld skips)."""
+    Returns the new request id, or 0 when the computer is already in a reload state (vcld skips).
+    ``force``: also for a computer left ``reloading`` by a load that will not finish it (a load the
+    user cancelled, or whose task died after the cancel). ``t.reservation_id`` 0: no loadlog row
+    (the ending reservation is gone)."""
     comp = s.execute(
         select(m.State.name, m.Computer.type)
         .join(m.State, m.State.id == m.Computer.stateid)
@@ -52,19 +57,20 @@ def insert_reload_request(s: Session, ids: VclIds, t: ReloadTarget, now: datetim
     ).one_or_none()
     if comp is None:
         raise VclDataError(f"computer {t.computer_id} not found")
-    if "reload" in comp[0]:
+    if "reload" in comp[0] and not (force and comp[0] == "reloading"):
         return 0
     user_id = vclreload_user(s)
     set_computer_state(s, ids, t.computer_id, "reload")
-    insert_loadlog(
-        s,
-        ids,
-        t.reservation_id,
-        t.computer_id,
-        "loadimagevmware" if comp[1] == "virtualmachine" else "info",
-        info=f"inserted reload request for {t.imagename}",
-        now=now,
-    )
+    if t.reservation_id:
+        insert_loadlog(
+            s,
+            ids,
+            t.reservation_id,
+            t.computer_id,
+            "loadimagevmware" if comp[1] == "virtualmachine" else "info",
+            info=f"inserted reload request for {t.imagename}",
+            now=now,
+        )
     new_req = dml(
         s,
         insert(m.Request).values(

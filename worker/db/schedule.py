@@ -59,6 +59,8 @@ class DueRequest:
     # ``module.perlpackage`` of the computer's provisioning (None when the chain is broken): the
     # dispatcher claims only what its libvirt provisioning runs.
     perlpackage: str | None = None
+    # ``end`` has passed (database clock): a ``reserved``/``inuse`` reservation is over (inuse.pm).
+    past_end: bool = False
 
 
 def _round_minutes(delta: timedelta) -> int:
@@ -150,6 +152,7 @@ def find_due_requests(s: Session, management_node_id: int, now: datetime | None)
                 start=mp["start"],
                 end=mp["end"],
                 perlpackage=mp["perlpackage"],
+                past_end=mp["end"] is not None and mp["end"] <= ref_now,
             )
         )
     return out

@@ -21,7 +21,20 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.db import capture, claim_batch, claims, delegated, load, reads, reclaim, requests, schedule, sweep
+from worker.db import (
+    cancel,
+    capture,
+    claim_batch,
+    claims,
+    delegated,
+    load,
+    reads,
+    reclaim,
+    requests,
+    schedule,
+    sweep,
+)
+from worker.db.cancel import CancelOutcome, HandBack
 from worker.db.claim_batch import ClaimWish
 from worker.db.engine import db_now
 from worker.db.errors import ReservationNotFoundError
@@ -153,6 +166,19 @@ class VclStore:
         """``reclaim.pm`` for a ``deleted``/``timeout`` request; see :mod:`worker.db.reclaim`."""
         with self._sf.begin() as s:
             return reclaim.reclaim(s, self._ids, request_id, reservation_id, state)
+
+    def hand_back(self, r: Reservation, how: HandBack, message: str) -> CancelOutcome:
+        """A load that found its request deleted by the user: ``complete/deleted`` and the computer
+        back (``available``, or a reload request where the disk was touched); LOST when someone else
+        completed it. See :func:`worker.db.cancel.hand_back`."""
+        with self._sf.begin() as s:
+            return cancel.hand_back(s, self._ids, r, how, message)
+
+    def time_out(self, request_id: int, reservation_id: int, state: str) -> bool:
+        """``inuse.pm`` at the end time: ``timeout/<state>``, computer ``timeout``, log ending EOR;
+        False when the request is not ``state`` or not past its end any more (an extension)."""
+        with self._sf.begin() as s:
+            return cancel.time_out(s, self._ids, request_id, reservation_id, state)
 
     def insert_loadlog(
         self, reservation_id: int, computer_id: int, loadstatename: str, info: str = ""

@@ -3,8 +3,15 @@
 Each method does what libvirt.pm's subroutine of the same name does, through the provisioning core,
 for the reservation read from the VCL database. Results are what vcld expects (see
 :mod:`.methods`). Request and computer *states* are never written: vcld's state modules own them.
-Transient errors (libvirt connection, database, a busy computer) propagate so the Celery task retries;
-permanent ones become ``ok: false`` with the error text, which vcld logs and acts on.
+Transient errors (libvirt connection, database, a busy computer) propagate to the Celery task, which
+answers them as failures (``vcl.call`` is never retried: vcld waits a bounded time); permanent ones
+become ``ok: false`` with the error text, which vcld logs and acts on.
+
+**Deadline.** vcld waits a bounded time (the CLI's timeout); the CLI sends that moment as
+``deadline`` (epoch seconds). A call run after it answers ``expired`` and changes nothing: checked
+before acting, and again once the computer's lock is held (the wait for the lock never outlasts the
+deadline). **Host**: a computer not on this worker's VM host raises WrongHostError before any lock or
+libvirt call (the task re-routes it).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from worker.hypervisors.provisioner import LibvirtProvisioner, ProgressEvent
 from worker.reservation import Reservation
 from worker.tasks.claimed import hold_computer, provisioner_for
 from worker.tasks.deps import TaskDeps
+from worker.tasks.host_check import check_host
+from worker.tasks.locks import ComputerBusyError, delivery_token
 from worker.timing import Stopwatch
 
 log = logging.getLogger(__name__)
@@ -195,14 +204,43 @@ OPERATIONS: dict[str, Callable[[_Call], Value]] = {
 
 
 def _locked_if_needed(
-    spec: Method, deps: TaskDeps, r: Reservation, timings: dict[str, float], owner: str | None
-) -> AbstractContextManager[None]:
+    spec: Method,
+    deps: TaskDeps,
+    r: Reservation,
+    timings: dict[str, float],
+    owner: str | None,
+    *,
+    wait: float | None = None,
+) -> AbstractContextManager[object]:
     """A method that changes the domain or disks holds the computer's lock, the one the flows hold
-    (``lock_wait``/``locked_at``/``unlocked_at`` in its timings); without the flows' heartbeat lease,
-    as these calls always held it."""
+    (``lock_wait``/``locked_at``/``unlocked_at`` in its timings), under this delivery's own token and
+    with the flows' heartbeat lease (a call whose child dies frees the computer within one lease).
+    ``wait``: how long to wait for it (default ``VCL_LOCK_WAIT``)."""
     if not spec.locked:
         return contextlib.nullcontext()
-    return hold_computer(deps, r.computer_id, timings, owner=owner, lease=None)
+    return hold_computer(
+        deps, r.computer_id, timings, owner=delivery_token(owner), lease=deps.settings.lock_lease, wait=wait
+    )
+
+
+def refused(method: str, reservation_id: int, error: str, *, detail: str = "") -> CallResult:
+    """The answer of a call that did nothing: ``ok: false`` with the method's failed value."""
+    spec = BY_METHOD.get(method)
+    failed = _FAILED[spec.returns] if spec is not None else None
+    return CallResult(
+        method=method, reservation_id=reservation_id, ok=False, result=failed, error=error, detail=detail
+    )
+
+
+def expired(method: str, reservation_id: int, deadline: float, now: float) -> CallResult:
+    """The answer of a call whose caller's deadline has passed: nothing was changed."""
+    log.warning(
+        "%s for reservation %s refused: %.1f s past its deadline", method, reservation_id, now - deadline
+    )
+    return refused(
+        method, reservation_id,
+        f"expired: the caller stopped waiting {now - deadline:.1f} s ago; nothing was done", detail="expired",
+    )  # fmt: skip
 
 
 def run_call(
@@ -213,8 +251,10 @@ def run_call(
     deps: TaskDeps,
     owner: str | None = None,
     progress: ProgressHook | None = None,
+    deadline: float | None = None,
 ) -> CallResult:
-    """Run ``method`` for ``reservation_id``; see the module doc for errors and results."""
+    """Run ``method`` for ``reservation_id``; see the module doc for errors, results and
+    ``deadline`` (epoch seconds; None: no deadline)."""
     spec = BY_METHOD.get(method)
     if spec is None:
         raise ValueError(f"unknown method {method!r}; one of {', '.join(sorted(BY_METHOD))}")
@@ -222,6 +262,7 @@ def run_call(
     failed = _FAILED[spec.returns]
     try:
         r = deps.store.load_reservation(reservation_id)
+        check_host(deps, r)  # before the provisioner is even built
         call = _Call(
             r=r, p=provisioner_for(r, deps.settings), store=deps.store, args=tuple(args), progress=progress,
             timings=stopwatch.timings,
@@ -231,9 +272,24 @@ def run_call(
             method=method, reservation_id=reservation_id, ok=False, result=failed,
             error=f"{type(exc).__name__}: {exc}",
         )  # fmt: skip
+    wait = None
+    if deadline is not None:
+        if deps.clock() >= deadline:
+            return expired(method, reservation_id, deadline, deps.clock())
+        wait = min(float(deps.settings.lock_wait), deadline - deps.clock())  # never past the deadline
+    # A wait the deadline cut short that ends without the lock: the caller has stopped waiting.
+    until_deadline = wait is not None and wait < deps.settings.lock_wait
     try:
-        with _locked_if_needed(spec, deps, r, call.timings, owner):
+        with _locked_if_needed(spec, deps, r, call.timings, owner, wait=wait):
+            if deadline is not None and deps.clock() >= deadline:
+                # It waited for the computer past the deadline: whoever uses the computer now is
+                # not the one vcld asked about.
+                return expired(method, reservation_id, deadline, deps.clock())
             value = OPERATIONS[method](call)
+    except ComputerBusyError:
+        if deadline is not None and (until_deadline or deps.clock() >= deadline):
+            return expired(method, reservation_id, deadline, max(deadline, deps.clock()))
+        raise
     except (PermanentError, VclDataError) as exc:
         log.warning("%s for reservation %s failed: %s", method, reservation_id, exc)
         return CallResult(
@@ -246,4 +302,4 @@ def run_call(
     )  # fmt: skip
 
 
-__all__ = ["LIBVIRT_LOAD_ROWS", "OPERATIONS", "CallResult", "run_call"]
+__all__ = ["LIBVIRT_LOAD_ROWS", "OPERATIONS", "CallResult", "expired", "refused", "run_call"]

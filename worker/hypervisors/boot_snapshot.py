@@ -1,14 +1,19 @@
 """Boot snapshots: a reload of a revision this computer already booted resumes a saved post-boot guest.
 
-After the first cold boot of a revision on a computer (guest answering, post-load done) the load
-saves the guest with libvirt's ``virDomainSave`` (the domain stops; QEMU has flushed the overlay),
-copies the overlay, and resumes the user's guest from that very file with ``virDomainRestoreFlags``:
-the resume proves the pair restorable before the manifest is written, and the task reports success
-only after that. A later load of the same revision on the same computer copies the saved overlay to
-the computer's overlay path (a fresh copy: never the previous user's disk), defines the domain and
-restores the memory state with the load's own XML (libvirt accepts it: same name, UUID and MACs, the
-only changes are metadata and the console), then checks readiness as usual. Anything failing there
-removes what the attempt made, discards the snapshot and returns None: the load boots cold.
+After the first cold boot of a revision on a computer (guest answering on its port, **before**
+post-load: a site's post-load is never baked into the saved state) the load saves the guest with
+libvirt's ``virDomainSave`` (the domain stops; QEMU has flushed the overlay), copies the overlay, and
+resumes the user's guest from that very file with ``virDomainRestoreFlags``: the resume proves the
+pair restorable before the manifest is written; post-load runs after that. A later load of the same
+revision on the same computer copies the saved overlay to the computer's overlay path (a fresh copy:
+never the previous user's disk), defines the domain and restores the memory state with the load's
+own XML (libvirt accepts it: same name, UUID and MACs; the changes are metadata, the console and a
+new VM generation ID), then runs post-load with the host key verified against the computer's pin.
+
+Failures of a restore: a snapshot shown bad (libvirt refuses it, the guest does not answer or post-
+load fails) is discarded and the load boots cold; a transient libvirt error keeps it (the task
+retries); a host key other than the pinned one fails the load (:class:`HostKeyMismatchError`) with
+the restored domain removed and the snapshot discarded. Each removes what the attempt made.
 
 Files and manifest: :mod:`worker.hypervisors.boot_snapshot_files`. Clock and DHCP behaviour, and
 what an image must tolerate: README "Boot snapshots".
@@ -28,13 +33,15 @@ from typing import Any
 import libvirt
 
 from worker.hypervisors import boot_snapshot_files as files_mod
+from worker.hypervisors import domain_xml
 from worker.hypervisors.context import OperationContext
-from worker.hypervisors.domain_xml import DomainSpec
+from worker.hypervisors.domain_xml import DomainSpec, ParsedDomain
 from worker.hypervisors.drivers.base import PreparedDisk
 from worker.hypervisors.drivers.kvm import DISK_MODE, qemu_owner
-from worker.hypervisors.errors import ProvisioningError
+from worker.hypervisors.errors import HostKeyMismatchError, ProvisioningError, TransientError
 from worker.hypervisors.guest import Guest
-from worker.hypervisors.guest_access import GuestAnswer, wait_until_answering
+from worker.hypervisors.guest_access import GuestAnswer, run_post_load, wait_until_reachable
+from worker.hypervisors.host_keys import HostKeyMode, HostKeyPin
 from worker.hypervisors.lifecycle import remove_domain
 from worker.hypervisors.postload import GuestShell, PostLoadError
 from worker.hypervisors.readiness import wait_for_port
@@ -88,6 +95,9 @@ class BootSnapshot:
         """Resume the saved guest on a fresh copy of its disk; None (nothing left behind) when there
         is no valid snapshot or the restore failed: the caller boots cold."""
         reason = files_mod.stale_reason(self.files, self.record)
+        pin = HostKeyPin.for_reservation(self.ctx.settings, self.ctx.reservation, HostKeyMode.VERIFY)
+        if reason is None and pin.pinned() is None:
+            reason = f"no host key pinned for the computer ({pin.path})"
         if reason is not None:
             if any(os.path.exists(p) for p in self.files.finals):
                 log.info("boot snapshot of %s discarded: %s", self.layout.domain_name, reason)
@@ -102,16 +112,32 @@ class BootSnapshot:
             progress("transfervm", f"fresh copy of the boot snapshot's disk of {self.layout.image_name}")
             guest = self.host.define(self.xml, autostart=True)
             progress("vmsetupconfig", f"defined domain {guest.name}")
-            self._restore_file(self.files.memory, self.xml)
+            self._restore_file(self.files.memory, self._restore_xml())
             watch.mark("snapshot_restore")
             progress("startvm", f"restored domain {name} from its boot snapshot")
             quick = dataclasses.replace(
                 self.ctx, settings=dataclasses.replace(self.ctx.settings, ready_timeout=RESTORE_READY_SECONDS)
             )
-            # The clock is set on post-load's own SSH session, before post-load writes its files.
-            answer = wait_until_answering(quick, self._mac, first=self.set_clock)
+            reached = wait_until_reachable(quick, self._mac)
             watch.mark("guest_ready")
-        except (ProvisioningError, OSError) as exc:
+            # Post-load after every restore, the host key verified; the clock is set on post-load's
+            # own SSH session, before post-load writes its files.
+            answer = run_post_load(quick, reached, mode=HostKeyMode.VERIFY, first=self.set_clock)
+            watch.mark("post_load")
+        except HostKeyMismatchError as exc:
+            log.error("restore of %s refused: %s", name, exc)
+            self._undo()
+            self.files.remove()  # in doubt: the next load boots cold
+            raise
+        except TransientError as exc:
+            log.warning("restore of %s interrupted, its boot snapshot kept: %s", name, exc)
+            self._undo()
+            raise
+        except OSError as exc:  # the copy of the disk: the host's trouble, not the snapshot's
+            log.warning("restore of %s failed, booting cold instead: %s", name, exc)
+            self._undo()
+            return None
+        except ProvisioningError as exc:
             log.warning("restore of %s failed, booting cold instead: %s", name, exc)
             self._undo()
             self.files.remove()
@@ -121,6 +147,16 @@ class BootSnapshot:
             raise
         disk = PreparedDisk(master_path=self.record["master"]["path"], cow_path=cow, master_copied=False)
         return disk, guest, answer
+
+    def _restore_xml(self) -> str:
+        """The load's XML with the VM generation ID of the save image: libvirt refuses any other
+        ("Target domain genid … does not match source") and itself gives the domain a new one when it
+        starts it from a save image, which QEMU writes into the guest with the vmgenid ACPI
+        notification (the guest's kernel reseeds its RNG)."""
+        path = self.files.memory
+        saved = self.host.call(f"saveImageGetXMLDesc({path})", lambda c: str(c.saveImageGetXMLDesc(path, 0)))
+        genid = ParsedDomain.parse(saved).genid
+        return domain_xml.build_domain_xml(dataclasses.replace(self.spec, genid=genid))
 
     def _restore_file(self, path: str, xml: str | None) -> None:
         self.host.call(
@@ -152,7 +188,7 @@ class BootSnapshot:
 
     # ------------------------------------------------------------------ save
     def save(self, guest: Guest, answer: GuestAnswer) -> dict[str, Any] | None:
-        """Save the answering guest's memory and overlay as this revision's boot snapshot, resume it,
+        """Save the answering guest (before post-load) as this revision's boot snapshot, resume it,
         and return the manifest's cost record; None when no snapshot was made (the guest runs on)."""
         # Read again: a master copied from the repository by this load did not exist before it.
         self.record = files_mod.made_from(self.host, self.layout, self.spec)
@@ -169,8 +205,10 @@ class BootSnapshot:
         watch = self.ctx.stopwatch
         cost_watch = Stopwatch()  # the manifest's own record of what the save cost
         try:
+            # Made by us first (O_EXCL|O_NOFOLLOW, 0600): libvirt then writes into this very file.
+            os.close(files_mod.create_exclusive(mem))
             self.host.call(f"save {guest.name}", lambda c: c.lookupByName(guest.name).saveFlags(mem, None, 0))
-        except ProvisioningError as exc:
+        except (ProvisioningError, OSError) as exc:
             log.warning("no boot snapshot of %s: save failed: %s", guest.name, exc)
             self.files.remove()
             if not guest.is_active():
@@ -181,10 +219,8 @@ class BootSnapshot:
         copied = True
         try:
             # The domain is stopped: the overlay is quiescent and matches the memory state exactly.
-            shutil.copyfile(self.layout.cow_path, disk)
-            os.chmod(disk, 0o600)
-            files_mod.fsync_file(disk)
-            files_mod.fsync_file(mem)
+            files_mod.copy_exclusive(self.layout.cow_path, disk)
+            _seal(mem)
         except OSError as exc:
             log.warning("no boot snapshot of %s: copying the overlay failed: %s", guest.name, exc)
             copied = False
@@ -225,15 +261,32 @@ class BootSnapshot:
     def _cold_restart(self, guest: Guest, answer: GuestAnswer) -> None:
         guest.power_off()
         guest.start()
-        wait_until_answering(self.ctx, self._mac)
+        wait_until_reachable(self.ctx, self._mac)  # the load's post-load follows
+
+    def discard(self) -> None:
+        """Remove this snapshot: the guest it was saved from did not pass its post-load."""
+        if self.files.remove():
+            log.warning("boot snapshot of %s discarded: its guest failed post-load", self.layout.domain_name)
+
+
+def _seal(path: str) -> None:
+    """A file libvirt wrote: back to mode 0600 (without following a link) and on disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, files_mod.FILE_MODE)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _copy_disk(src: str, dst: str) -> None:
-    """``dst`` = a new copy of ``src`` (written to ``.part``, renamed), with a domain disk's mode."""
+    """``dst`` = a new copy of ``src`` (written to ``.part``, renamed), with a domain disk's mode; a
+    ``.part`` already there (a leftover, or a planted symlink) is removed, never written through."""
     tmp = dst + files_mod.PART
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
     try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, DISK_MODE)
+        files_mod.copy_exclusive(src, tmp, DISK_MODE)
         owner = qemu_owner()
         if owner is not None:
             os.chown(tmp, *owner)

@@ -10,8 +10,10 @@ and revision from the name:
 * ``<base>.bootsnap.json``: the manifest, written last. Without it the other two are never used.
 
 The manifest records what the pair was made from (the master's identity, the domain definition, the
-libvirt/QEMU versions); a pair whose record differs from the current load's is stale. Nothing here
-talks to libvirt except reading its versions.
+guest's address and network, the libvirt/QEMU versions); a pair whose record differs from the
+current load's is stale. Every file here is created ``O_CREAT|O_EXCL|O_NOFOLLOW`` with mode 0600
+(:func:`create_exclusive`): a symlink planted at one of the names is never followed. Nothing here
+talks to libvirt except reading its versions and eth0's network.
 """
 
 from __future__ import annotations
@@ -29,15 +31,19 @@ from worker.hypervisors import naming
 from worker.hypervisors.domain_xml import DomainSpec
 from worker.hypervisors.host import LibvirtHost
 from worker.hypervisors.layout import Layout
+from worker.hypervisors.network import LibvirtNetwork
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".bootsnap"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the address and network recorded, the state saved before post-load
 PART = ".part"
-# Spec fields that do not change what the guest sees (metadata, the VNC console): a restore gives
-# the domain the current values through the updated XML instead of invalidating the snapshot.
-_NOT_ABI = ("description", "vnc_listen", "vnc_password")
+FILE_MODE = 0o600
+# Spec fields that do not change what the guest sees (metadata, the VNC console) or must change on
+# every restore (the VM generation ID): a restore gives the domain the current values through the
+# updated XML instead of invalidating the snapshot.
+_NOT_ABI = ("description", "vnc_listen", "vnc_password", "genid")
+_COPY_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,12 @@ def made_from(host: LibvirtHost, layout: Layout, spec: DomainSpec) -> dict[str, 
         return None
     definition = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _NOT_ABI}
     r = layout.reservation
+    eth0 = spec.nics[0] if spec.nics else None
+    network: dict[str, Any] | None = None
+    if eth0 is not None:
+        # A network made again under the same name is another network (its UUID tells).
+        net_uuid = LibvirtNetwork.lookup(host, eth0.source).uuid() if eth0.kind == "network" else None
+        network = {"kind": eth0.kind, "source": eth0.source, "uuid": net_uuid, "mac": eth0.mac}
     libvirt_version, hypervisor_version = host.call(
         "getVersion", lambda c: (int(c.getLibVersion()), int(c.getVersion()))
     )
@@ -116,6 +128,10 @@ def made_from(host: LibvirtHost, layout: Layout, spec: DomainSpec) -> dict[str, 
                 "device": st.st_dev,
             },
             "definition": definition,
+            # A restored guest keeps the address it had and is on the network it was: right only
+            # while the computer's address and eth0's network are those of the save.
+            "address": r.computer_private_ip,
+            "network": network,
             # A save image is QEMU's migration stream: another QEMU may not read it.
             "libvirt_version": libvirt_version,
             "hypervisor_version": hypervisor_version,
@@ -162,13 +178,43 @@ def write_manifest(files: SnapshotFiles, record: dict[str, Any], extra: dict[str
         **extra,
     }
     tmp = files.part(files.manifest)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = create_exclusive(tmp)
     with os.fdopen(fd, "w") as fh:
         json.dump(body, fh, indent=1, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
     os.rename(tmp, files.manifest)
     fsync_file(os.path.dirname(files.manifest))
+
+
+def create_exclusive(path: str, mode: int = FILE_MODE) -> int:
+    """A new file at ``path`` opened for writing: ``O_EXCL|O_NOFOLLOW`` (an existing file or a planted
+    symlink raises ``FileExistsError``, never followed), ``mode`` whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def copy_exclusive(src: str, dst: str, mode: int = FILE_MODE) -> None:
+    """Copy ``src`` to a new file ``dst`` (:func:`create_exclusive`), fsynced; ``dst`` is removed when
+    the copy fails (never when it existed before)."""
+    fd = create_exclusive(dst, mode)
+    try:
+        with open(src, "rb") as fin, os.fdopen(fd, "wb", closefd=False) as fout:
+            while chunk := fin.read(_COPY_CHUNK):
+                fout.write(chunk)
+            fout.flush()
+            os.fsync(fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dst)
+        raise
+    finally:
+        os.close(fd)
 
 
 def fsync_file(path: str) -> None:
@@ -222,7 +268,10 @@ def disk_cost(vm_path: str, imagetype: str = "qcow2") -> dict[str, int]:
 
 
 __all__ = [
+    "FILE_MODE",
     "SnapshotFiles",
+    "copy_exclusive",
+    "create_exclusive",
     "disk_cost",
     "file_re",
     "fsync_file",

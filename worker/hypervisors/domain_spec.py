@@ -10,10 +10,11 @@ import ipaddress
 import os
 import random
 import re
+import uuid
 from datetime import datetime
 
 from worker.hypervisors import domain_xml, naming
-from worker.hypervisors.errors import InvalidInputError, PermanentError
+from worker.hypervisors.errors import InvalidInputError, NetworkNotFoundError, PermanentError
 from worker.hypervisors.host import LibvirtHost
 from worker.hypervisors.layout import Layout
 
@@ -58,14 +59,16 @@ def is_path_on_local_disk(path: str) -> bool:
     return fstype not in _NETWORK_FS
 
 
-def resolve_switch(host: LibvirtHost, name: str) -> tuple[str, str]:
-    """("network", name) for a libvirt network, ("bridge", name) for a host bridge."""
+def resolve_switch(host: LibvirtHost, name: str, row: str = "vmprofile") -> tuple[str, str]:
+    """("network", name) for a libvirt network, ("bridge", name) for a host bridge; else
+    :class:`NetworkNotFoundError` naming ``row`` (e.g. ``vmprofile 'x' virtualswitch0``)."""
     if host.has_network(name):
         return "network", name
     if _BRIDGE_NAME_RE.fullmatch(name) and os.path.exists(f"/sys/class/net/{name}/bridge"):
         return "bridge", name
-    raise InvalidInputError(
-        f"unknown vmprofile switch {name!r}: neither a libvirt network nor a host bridge on {host.uri}"
+    raise NetworkNotFoundError(
+        f"unknown vmprofile switch {name!r}: neither a libvirt network nor a host bridge on {host.uri} "
+        f"({row})"
     )
 
 
@@ -84,13 +87,13 @@ def _nics(host: LibvirtHost, layout: Layout, model: str) -> tuple[domain_xml.Nic
     vp = r.vmprofile
     used: set[str] | None = None  # listed only when a MAC has to be generated
     nics = []
-    for switch, generated, configured, label in (
+    for n, (switch, generated, configured, label) in enumerate((
         (vp.virtualswitch0, vp.eth0_generated, r.eth0_mac, "computer.eth0macaddress"),
         (vp.virtualswitch1, vp.eth1_generated, r.eth1_mac, "computer.eth1macaddress"),
-    ):
+    )):  # fmt: skip
         if not switch:
             continue
-        kind, source = resolve_switch(host, switch)
+        kind, source = resolve_switch(host, switch, f"vmprofile {vp.profile_name!r} virtualswitch{n}")
         if generated or not configured:
             used = host.used_macs() if used is None else used
             mac = _generate_mac(used)
@@ -164,6 +167,7 @@ def domain_spec(
         vnc_listen=vnc_listen,
         vnc_password=vnc_password or None,
         nics=nics,
+        genid=str(uuid.uuid4()),  # a new VM generation ID on every load, cold or restored
     )
 
 

@@ -14,6 +14,9 @@ Choices (documented deviations from libvirt.pm:generate_domain_xml):
 * ``on_poweroff=destroy`` and ``on_crash=destroy``: a guest that powers itself off is reported as
   ``shut off`` (what the capture/power-off polling waits for). ``preserve`` is not used.
 * ``<uuid>`` is deterministic per computer so a redefine updates instead of failing "already exists".
+* ``<genid>`` (VM generation ID, QEMU's vmgenid device) is a new random value on every cold load;
+  libvirt gives a domain restored from a save image a new one itself, which the guest sees change
+  (Linux's vmgenid driver reseeds the kernel RNG; Windows has its VM-Generation-ID).
 * VNC listens on ``settings.vnc_listen`` with autoport, with ``passwd`` when a VNC password is set
   (required for a non-loopback listen). libvirt never returns the password in XML without
   ``VIR_DOMAIN_XML_SECURE``, so the saved master XML does not carry it; it is kept out of ``repr``.
@@ -62,6 +65,7 @@ class DomainSpec:
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
+    genid: str | None = None  # None: ``<genid/>``, libvirt makes one
 
 
 def computer_uuid(computer_id: int, hostname: str) -> str:
@@ -87,6 +91,7 @@ def build_domain_xml(spec: DomainSpec) -> str:
     dom = ET.Element("domain", {"type": spec.domain_type})
     ET.SubElement(dom, "name").text = spec.name
     ET.SubElement(dom, "uuid").text = spec.uuid
+    ET.SubElement(dom, "genid").text = spec.genid
     ET.SubElement(dom, "description").text = spec.description
     ET.SubElement(dom, "memory", {"unit": "KiB"}).text = str(spec.memory_mib * 1024)
     ET.SubElement(dom, "currentMemory", {"unit": "KiB"}).text = str(spec.memory_mib * 1024)
@@ -213,6 +218,7 @@ class ParsedDomain:
     disks: tuple[DomainDisk, ...]
     interfaces: tuple[DomainInterface, ...]
     graphics: tuple[DomainGraphics, ...]
+    genid: str | None = None  # the VM generation ID, when the domain has one
 
     @classmethod
     def parse(cls, xml: str) -> ParsedDomain:
@@ -221,6 +227,7 @@ class ParsedDomain:
         return cls(
             name=root.findtext("name") or "",
             uuid=root.findtext("uuid") or "",
+            genid=(root.findtext("genid") or "").strip() or None,
             description=root.findtext("description") or "",
             disks=tuple(_disk(el) for el in root.findall("./devices/disk")),
             interfaces=tuple(_interface(el) for el in root.findall("./devices/interface")),

@@ -78,3 +78,25 @@ class AmbiguousDomainError(PermanentError):
 
 class LockTimeoutError(TransientError):
     """A per-image file lock could not be obtained in time (another process is copying the image)."""
+
+
+class ConfigurationError(PermanentError):
+    """The site's configuration cannot work (a missing key file, an unreadable master, a missing
+    network): the load fails at once, and the message names the setting or the row to fix."""
+
+
+class KeyFileError(ConfigurationError):
+    """A ``managementnode.keys`` file that does not exist or cannot be read."""
+
+
+class UnreadableMasterError(ConfigurationError):
+    """The image's master exists in the datastore but cannot be read."""
+
+
+class NetworkNotFoundError(InvalidInputError, ConfigurationError):
+    """A vmprofile ``virtualswitch`` names neither a libvirt network nor a host bridge."""
+
+
+class HostKeyMismatchError(PermanentError):
+    """The guest at the computer's address presented an SSH host key other than the one pinned for
+    that computer: it is not the guest this worker booted, and nothing is handed out."""

@@ -5,10 +5,12 @@ network with DHCP the worker pins that address with a DHCP host entry before the
 a plain bridge the site's DHCP hands it out and we find it from libvirt (lease, then ARP). A
 reservation is loaded only when the guest answers on its connect-method port (SSH: an ``SSH-2.0-``
 banner) and the post-load step ran: a ``running`` domain may still be in its BIOS, or have panicked.
+Every SSH connection checks the guest's host key against the computer's pin (:mod:`.host_keys`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -17,11 +19,12 @@ from worker.config import Settings
 from worker.hypervisors import postload
 from worker.hypervisors.context import OperationContext
 from worker.hypervisors.domain_xml import NicSpec
-from worker.hypervisors.errors import PermanentError, TransientError
+from worker.hypervisors.errors import HostKeyMismatchError, PermanentError, TransientError
 from worker.hypervisors.host import LibvirtHost
+from worker.hypervisors.host_keys import HostKeyMode, HostKeyPin
 from worker.hypervisors.network import LibvirtNetwork, domain_ipv4_addresses
 from worker.hypervisors.node_status import NodeStatus
-from worker.hypervisors.readiness import GuestNotReadyError, wait_for_port
+from worker.hypervisors.readiness import SSH_PORT, GuestNotReadyError, wait_for_port
 from worker.reservation import Reservation
 from worker.timing import Stopwatch
 
@@ -78,12 +81,16 @@ def find_address(
         time.sleep(1.0)
 
 
-def wait_until_answering(
-    ctx: OperationContext, mac: str | None, *, first: postload.SessionStep | None = None
-) -> GuestAnswer:
-    """Wait (bounded by :func:`readiness_timeout`) for the load's guest (NIC ``mac``) to answer, then
-    run post-load; ``first`` runs in the guest before it, on post-load's own SSH session where
-    post-load is ``ssh``."""
+def check_configuration(ctx: OperationContext) -> None:
+    """Configuration errors of a load that waits for its guest, before anything is touched: the
+    ``managementnode.keys`` files (:class:`~worker.hypervisors.errors.KeyFileError`)."""
+    if ctx.settings.wait_for_guest and ctx.driver.boots_guests:
+        postload.check_key_files(ctx.reservation)
+
+
+def wait_until_reachable(ctx: OperationContext, mac: str | None) -> GuestAnswer:
+    """Wait (bounded by :func:`readiness_timeout`) for the load's guest (NIC ``mac``) to answer on its
+    connect port; no login yet."""
     r, settings, domain_name = ctx.reservation, ctx.settings, ctx.layout.domain_name
     budget = readiness_timeout(r, settings)
     start = time.monotonic()  # the budget's start: a deadline, not a step timing
@@ -93,24 +100,54 @@ def wait_until_answering(
     log.info(
         "%s answered on %s:%s after %.1f s %s", domain_name, address, r.readiness_port, answered, ready.banner
     )
-    post = _run_post_load(r, address, settings, start + budget, first)
-    return GuestAnswer(address, r.readiness_port, ready.banner, round(answered, 3), round(post, 3))
+    return GuestAnswer(address, r.readiness_port, ready.banner, round(answered, 3))
+
+
+def run_post_load(
+    ctx: OperationContext,
+    answer: GuestAnswer,
+    *,
+    mode: HostKeyMode,
+    first: postload.SessionStep | None = None,
+) -> GuestAnswer:
+    """Post-load on the answering guest (retried within what is left of the readiness budget);
+    ``first`` runs in the guest before it, on post-load's own SSH session where post-load is ``ssh``.
+    The guest's host key is pinned (``mode`` PIN: a cold boot) or verified (VERIFY) first."""
+    r = ctx.reservation
+    pin = HostKeyPin.for_reservation(ctx.settings, r, mode)
+    left = readiness_timeout(r, ctx.settings) - answer.seconds
+    post = _run_post_load(r, answer, ctx.settings, time.monotonic() + max(left, 10.0), (pin, first))
+    return dataclasses.replace(answer, post_load_seconds=round(post, 3))
+
+
+def wait_until_answering(
+    ctx: OperationContext, mac: str | None, *, mode: HostKeyMode, first: postload.SessionStep | None = None
+) -> GuestAnswer:
+    """:func:`wait_until_reachable`, then :func:`run_post_load`."""
+    return run_post_load(ctx, wait_until_reachable(ctx, mac), mode=mode, first=first)
 
 
 def _run_post_load(
-    r: Reservation, address: str, settings: Settings, deadline: float, first: postload.SessionStep | None
+    r: Reservation,
+    answer: GuestAnswer,
+    settings: Settings,
+    deadline: float,
+    how: tuple[HostKeyPin, postload.SessionStep | None],
 ) -> float:
+    pin, first = how
+    address = answer.address
     step = postload.resolve_post_load(settings.post_load)
-    if step is None and first is None:
-        return 0.0
     watch = Stopwatch()
     while True:
         try:
-            if step is postload.ssh_post_load:
-                postload.ssh_post_load(r, address, first)  # one login for both
+            if step is postload.ssh_post_load and (r.management_node_keys or answer.port != SSH_PORT):
+                postload.ssh_post_load(r, address, first, host_keys=pin)  # one login for all
             else:
+                if answer.port == SSH_PORT:
+                    # The key checked on a handshake of its own, before any other login (a site's hook).
+                    postload.check_host_key(address, SSH_PORT, pin)
                 if first is not None:
-                    _first_alone(r, address, first)
+                    _first_alone(r, address, first, pin)
                 if step is not None:
                     step(r, address)
             return watch.elapsed()
@@ -123,25 +160,33 @@ def _run_post_load(
             time.sleep(1.0)
 
 
-def _first_alone(r: Reservation, address: str, first: postload.SessionStep) -> None:
+def _first_alone(r: Reservation, address: str, first: postload.SessionStep, pin: HostKeyPin) -> None:
     """``first`` on a session of its own (post-load is not ``ssh``): best effort, as it adds to a
-    post-load that does not log in itself."""
+    post-load that does not log in itself; a host key mismatch is never swallowed."""
     try:
-        postload.in_session(r, address, first)
+        postload.in_session(r, address, first, host_keys=pin)
+    except HostKeyMismatchError:
+        raise
     except (TransientError, PermanentError) as exc:
         log.warning("%s: no SSH session before post-load: %s", address, exc)
 
 
-def probe_status(host: LibvirtHost, domain_name: str, r: Reservation, mac: str | None) -> NodeStatus:
+def probe_status(
+    host: LibvirtHost, domain_name: str, r: Reservation, mac: str | None, *, pin: HostKeyPin | None
+) -> NodeStatus:
     """For node_status: READY, POST_LOAD (answers, post-load not recorded / not answering yet) or
-    RELOAD (the guest says it holds another revision, or was tainted)."""
+    RELOAD (the guest says it holds another revision, or was tainted, or presents another host key
+    than the one pinned: ``pin``, in VERIFY mode)."""
     try:
         address = find_address(host, domain_name, r, mac, STATUS_PROBE_SECONDS)
         wait_for_port(address, r.readiness_port, deadline=STATUS_PROBE_SECONDS)
     except GuestNotReadyError:
         return NodeStatus.POST_LOAD
     try:
-        recorded = postload.read_currentimage(r, address)
+        recorded = postload.read_currentimage(r, address, host_keys=pin)
+    except HostKeyMismatchError as exc:
+        log.warning("node_status: %s: %s", domain_name, exc)
+        return NodeStatus.RELOAD
     except (TransientError, PermanentError) as exc:
         log.info("node_status: %s answers but currentimage.txt cannot be read: %s", domain_name, exc)
         return NodeStatus.POST_LOAD
@@ -156,9 +201,12 @@ def probe_status(host: LibvirtHost, domain_name: str, r: Reservation, mac: str |
 
 __all__ = [
     "GuestAnswer",
+    "check_configuration",
     "find_address",
     "pin_private_address",
     "probe_status",
     "readiness_timeout",
+    "run_post_load",
     "wait_until_answering",
+    "wait_until_reachable",
 ]

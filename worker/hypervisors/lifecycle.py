@@ -14,6 +14,7 @@ from worker.hypervisors.errors import PermanentError
 from worker.hypervisors.guest import Guest, PowerState
 from worker.hypervisors.guest_access import probe_status
 from worker.hypervisors.host import LibvirtHost
+from worker.hypervisors.host_keys import HostKeyPin
 from worker.hypervisors.layout import Layout
 from worker.hypervisors.node_status import NodeStatus
 from worker.hypervisors.roots import is_under
@@ -56,7 +57,12 @@ def remove_computer_domains(
 
 
 def node_status(
-    host: LibvirtHost, layout: Layout, info_timeout: float, *, probe_guest: bool = True
+    host: LibvirtHost,
+    layout: Layout,
+    info_timeout: float,
+    *,
+    probe_guest: bool = True,
+    host_keys: HostKeyPin | None = None,
 ) -> NodeStatus:
     """VCL's node_status (Provisioning.pm), with the disk checks libvirt.pm never made.
 
@@ -64,7 +70,8 @@ def node_status(
     when the guest's currentimage.txt names another revision or is tainted; POST_LOAD when the domain
     is not running, does not answer on its connect port, or post-load was not recorded; READY only
     when the guest answers and (where the management node can log in) post-load is recorded.
-    ``probe_guest=False`` (blank masters in tests, simulated domains) stops at "running"."""
+    ``probe_guest=False`` (blank masters in tests, simulated domains) stops at "running"; the probe
+    checks the guest's host key against ``host_keys`` (a mismatch: RELOAD)."""
     guest = host.lookup_guest(layout.domain_name)
     if guest is None:
         return NodeStatus.RELOAD
@@ -90,7 +97,7 @@ def node_status(
     if not probe_guest:
         return NodeStatus.READY
     macs = guest.mac_addresses()
-    return probe_status(host, guest.name, layout.reservation, macs[0] if macs else None)
+    return probe_status(host, guest.name, layout.reservation, macs[0] if macs else None, pin=host_keys)
 
 
 __all__ = ["NodeStatus", "node_status", "remove_computer_domains", "remove_domain"]

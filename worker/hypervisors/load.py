@@ -1,8 +1,10 @@
 """Load a reservation's image onto its computer (libvirt.pm:load).
 
-Steps, each timed: remove the computer's previous domains → domain XML → pin the private address
-(DHCP host entry) → disk (master from the repository if missing, COW overlay) → define → start →
-the guest answers on its connect port and post-load runs → :class:`LoadResult`.
+Steps, each timed: configuration checks (key files, master) → remove the computer's previous
+domains → domain XML → pin the private address (DHCP host entry) → disk (master from the repository
+if missing, COW overlay) → define → start → the guest answers on its connect port → boot snapshot
+saved (first cold boot of a revision) → post-load (the host key pinned) → :class:`LoadResult`.
+A restore replaces disk to start with the snapshot, and runs post-load with the host key verified.
 Progress stages are vcld's loadlog names: startload, transfervm, vmsetupconfig, startvm, machinebooted.
 """
 
@@ -21,8 +23,17 @@ from worker.hypervisors.context import OperationContext
 from worker.hypervisors.domain_spec import domain_spec
 from worker.hypervisors.domain_xml import NicSpec
 from worker.hypervisors.drivers.base import DiskOptions, PreparedDisk
+from worker.hypervisors.errors import UnreadableMasterError
 from worker.hypervisors.guest import Guest
-from worker.hypervisors.guest_access import GuestAnswer, pin_private_address, wait_until_answering
+from worker.hypervisors.guest_access import (
+    GuestAnswer,
+    check_configuration,
+    pin_private_address,
+    run_post_load,
+    wait_until_reachable,
+)
+from worker.hypervisors.host_keys import HostKeyMode
+from worker.hypervisors.layout import Layout
 from worker.hypervisors.lifecycle import remove_computer_domains, remove_domain
 
 
@@ -51,6 +62,9 @@ def load(ctx: OperationContext) -> LoadResult:
     host, layout, settings, progress, watch = ctx.host, ctx.layout, ctx.settings, ctx.progress, ctx.stopwatch
     domain = layout.domain_name
     progress("startload", f"{layout.reservation.computer_short_name} {layout.image_name}")
+    # Configuration errors fail at once, before the computer's current domain is touched.
+    check_configuration(ctx)
+    check_master_readable(layout)
     failpoint("core.before_delete_existing")
     remove_computer_domains(
         host, layout.reservation.computer_short_name, image_state=False, roots=settings.roots
@@ -79,10 +93,8 @@ def load(ctx: OperationContext) -> LoadResult:
         disk, guest = _create_domain(ctx, xml)
         progress("startvm", f"started domain {guest.name}")
         if settings.wait_for_guest and ctx.driver.boots_guests:
-            answer = _wait_for_guest(ctx, disk, eth0)
-            watch.mark("guest_ready")
-            # Before the task can report success: the saved pair is whole, or there is none.
-            if snapshot is not None and snapshot.save(guest, answer) is not None:
+            answer, saved = _wait_for_guest(ctx, (disk, guest), eth0, snapshot)
+            if saved:
                 outcome = BootSnapshotOutcome.SAVED
     if answer is not None:
         progress(
@@ -101,12 +113,48 @@ def load(ctx: OperationContext) -> LoadResult:
     )
 
 
-def _wait_for_guest(ctx: OperationContext, disk: PreparedDisk, eth0: NicSpec | None) -> GuestAnswer:
-    """The guest must answer (and post-load must pass) or the load fails; a failed attempt removes
-    its own domain and COW so a guest that never booted keeps no CPU and leaves nothing behind."""
+def check_master_readable(layout: Layout) -> None:
+    """A master that is there but cannot be read is a configuration error of the datastore (its
+    permissions, a directory in its place): :class:`UnreadableMasterError`, naming it, at once. A
+    missing master is not: it is copied from the repository."""
+    path = layout.master_path()
+    if not os.path.lexists(path):
+        return
+    row = f"image revision {layout.image_name!r} in vmprofile {layout.reservation.vmprofile.profile_name!r}"
     try:
-        return wait_until_answering(ctx, eth0.mac if eth0 else None)
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except FileNotFoundError:
+        return  # a dangling link: as missing
+    except OSError as exc:
+        raise UnreadableMasterError(
+            f"master {path} of {row} (datastorepath) cannot be read: {exc.strerror or exc}"
+        ) from exc
+
+
+def _wait_for_guest(
+    ctx: OperationContext,
+    made: tuple[PreparedDisk, Guest],
+    eth0: NicSpec | None,
+    snapshot: BootSnapshot | None,
+) -> tuple[GuestAnswer, bool]:
+    """The guest must answer and post-load must pass, or the load fails; in between, the first cold
+    boot of a revision saves its boot snapshot (before post-load: nothing of it is baked in). A
+    failed attempt removes its own domain and COW (and a snapshot whose guest failed post-load) so a
+    guest that never booted keeps no CPU and leaves nothing behind. (answer, snapshot saved)."""
+    disk, guest = made
+    saved = False
+    try:
+        reached = wait_until_reachable(ctx, eth0.mac if eth0 else None)
+        ctx.stopwatch.mark("guest_ready")
+        # Before the task can report success: the saved pair is whole, or there is none.
+        saved = snapshot is not None and snapshot.save(guest, reached) is not None
+        answer = run_post_load(ctx, reached, mode=HostKeyMode.PIN)
+        ctx.stopwatch.mark("post_load")
+        return answer, saved
     except BaseException:
+        if saved and snapshot is not None:
+            snapshot.discard()
         _remove_attempt(ctx, disk)
         raise
 
@@ -151,4 +199,4 @@ def _remove_attempt(ctx: OperationContext, disk: PreparedDisk) -> None:
         os.unlink(disk.cow_path)
 
 
-__all__ = ["LoadResult", "disk_options", "load"]
+__all__ = ["LoadResult", "check_master_readable", "disk_options", "load"]

@@ -17,12 +17,8 @@ from typing import Any
 import libvirt
 
 from worker.hypervisors.domain_xml import parse_xml
-from worker.hypervisors.errors import InvalidInputError, PermanentError
+from worker.hypervisors.errors import InvalidInputError, NetworkNotFoundError, PermanentError
 from worker.hypervisors.host import LibvirtHost
-
-
-class NetworkNotFoundError(PermanentError):
-    """No libvirt network of that name on the host."""
 
 
 class DhcpConflictError(PermanentError):
@@ -90,6 +86,10 @@ class LibvirtNetwork:
         return parse_xml(
             self.host.call(f"network {self.name} XMLDesc", lambda _c: self._net().XMLDesc(flags))
         )
+
+    def uuid(self) -> str:
+        """The network's UUID: a network deleted and made again under the same name has another."""
+        return self.host.call(f"network {self.name} UUIDString", lambda _c: str(self._net().UUIDString()))
 
     def bridge(self) -> str | None:
         el = self._xml().find("bridge")

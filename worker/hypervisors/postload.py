@@ -6,9 +6,11 @@ appends ``vcld_post_load=success``; ``node_status`` later reads that file back t
 POST_LOAD / RELOAD. This module does the same with paramiko (no shell on this side; each remote
 command is an argument list quoted with ``shlex.join``).
 
-Host keys: every load boots a new guest whose host key VCL never knows in advance (vcld runs ssh with
-``StrictHostKeyChecking=no``); we accept the key of the address we just gave the guest by DHCP and
-keep it nowhere.
+Host keys: vcld runs ssh with ``StrictHostKeyChecking=no``. Here every connection the core makes
+carries a :class:`~worker.hypervisors.host_keys.HostKeyPin`: a cold boot's connections pin the
+guest's key, every other one (a restored snapshot's post-load, the node-status probe) must present
+it, else :class:`~worker.hypervisors.errors.HostKeyMismatchError` (permanent, never retried). A login
+without a pin (``host_keys=None``) accepts any key: test tooling only, never the core.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from types import TracebackType
 
 import paramiko
 
-from worker.hypervisors.errors import PermanentError, TransientError
+from worker.hypervisors.errors import KeyFileError, PermanentError, TransientError
+from worker.hypervisors.host_keys import HostKeyPin, PinPolicy
 from worker.reservation import Reservation
 from worker.timing import Stopwatch
 
@@ -54,6 +57,8 @@ class GuestLogin:
     port: int = 22
     user: str = "root"
     connect_timeout: float = 10.0
+    # None accepts any host key: test tooling only (the core always passes its pin).
+    host_keys: HostKeyPin | None = None
 
 
 class GuestShell:
@@ -62,8 +67,11 @@ class GuestShell:
     def __init__(self, login: GuestLogin) -> None:
         self.login = login
         self._client = paramiko.SSHClient()
-        # The guest's host key is new on every load (see the module docstring): accept, never store.
-        self._client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        # No known_hosts is loaded: every key is "missing", so the pin's policy sees each connection.
+        policy: paramiko.MissingHostKeyPolicy = (
+            paramiko.AutoAddPolicy() if login.host_keys is None else PinPolicy(login.host_keys, login.address)
+        )
+        self._client.set_missing_host_key_policy(policy)
 
     def __enter__(self) -> GuestShell:
         target = f"ssh {self.login.user}@{self.login.address}:{self.login.port}"
@@ -90,10 +98,12 @@ class GuestShell:
                 auth_timeout=self.login.connect_timeout,
                 sock=sock,
             )
-        except (paramiko.SSHException, OSError) as exc:
+        except BaseException as exc:
             self._client.close()
             sock.close()
-            raise GuestUnreachableError(f"{target}: {type(exc).__name__}: {exc}") from exc
+            if isinstance(exc, paramiko.SSHException | OSError):
+                raise GuestUnreachableError(f"{target}: {type(exc).__name__}: {exc}") from exc
+            raise  # a host key mismatch among others: never retried as unreachable
         return self
 
     def __exit__(
@@ -146,18 +156,61 @@ def parse_currentimage(text: str) -> dict[str, str]:
     return parsed
 
 
-def login_for(r: Reservation, address: str, port: int = 22) -> GuestLogin | None:
+def login_for(
+    r: Reservation, address: str, port: int = 22, *, host_keys: HostKeyPin | None
+) -> GuestLogin | None:
     """How to log into the guest, or None when the management node has no SSH identity."""
     if not r.management_node_keys:
         return None
-    return GuestLogin(address=address, key_files=r.management_node_keys, port=port)
+    return GuestLogin(address=address, key_files=r.management_node_keys, port=port, host_keys=host_keys)
 
 
-def ssh_post_load(r: Reservation, address: str, first: SessionStep | None = None) -> None:
+def check_key_files(r: Reservation) -> None:
+    """Every ``managementnode.keys`` file is a private key this worker can read, or
+    :class:`KeyFileError` naming the row: a configuration error fails the load at once instead of
+    every login failing until the readiness deadline."""
+    row = f"managementnode.keys of management node {r.management_node_short_name} (id {r.management_node_id})"
+    for path in r.management_node_keys:
+        try:
+            with open(path, "rb") as fh:
+                fh.read(1)
+            paramiko.PKey.from_path(path)
+        except FileNotFoundError as exc:
+            raise KeyFileError(f"{row}: {path} does not exist") from exc
+        except OSError as exc:
+            raise KeyFileError(f"{row}: {path} cannot be read: {exc.strerror or exc}") from exc
+        except (paramiko.SSHException, ValueError) as exc:
+            raise KeyFileError(f"{row}: {path} is not a private key without passphrase: {exc}") from exc
+
+
+def check_host_key(address: str, port: int, pin: HostKeyPin, timeout: float = 10.0) -> None:
+    """The host key check alone (an SSH handshake, no login): for guests post-load does not log into."""
+    target = f"ssh {address}:{port}"
+    try:
+        sock = socket.create_connection((address, port), timeout=timeout)
+    except OSError as exc:
+        raise GuestUnreachableError(f"{target}: {type(exc).__name__}: {exc}") from exc
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise GuestUnreachableError(f"{target}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        transport.close()
+        sock.close()
+    pin.apply(address, key)
+
+
+def ssh_post_load(
+    r: Reservation, address: str, first: SessionStep | None = None, *, host_keys: HostKeyPin | None = None
+) -> None:
     """Default post-load: hostname = the computer's short name, currentimage.txt recorded.
 
-    ``first`` runs on the same SSH session before that (one login instead of two)."""
-    login = login_for(r, address)
+    ``first`` runs on the same SSH session before that (one login instead of two). The core passes
+    ``host_keys``; a site's hook calling this with its two arguments logs in unverified, after the
+    core's own check of the key (see :func:`~worker.hypervisors.guest_access.run_post_load`)."""
+    login = login_for(r, address, host_keys=host_keys)
     if login is None:
         log.info("%s: management node has no SSH keys; post-load skipped", r.computer_short_name)
         return
@@ -171,9 +224,9 @@ def ssh_post_load(r: Reservation, address: str, first: SessionStep | None = None
     log.info("%s: post-load done in %.1f s", r.computer_short_name, watch.elapsed())
 
 
-def in_session(r: Reservation, address: str, step: SessionStep) -> bool:
+def in_session(r: Reservation, address: str, step: SessionStep, *, host_keys: HostKeyPin | None) -> bool:
     """Run ``step`` on its own SSH session; False (nothing run) when there is no identity to log in."""
-    login = login_for(r, address)
+    login = login_for(r, address, host_keys=host_keys)
     if login is None:
         return False
     with GuestShell(login) as shell:
@@ -181,9 +234,9 @@ def in_session(r: Reservation, address: str, step: SessionStep) -> bool:
     return True
 
 
-def read_currentimage(r: Reservation, address: str) -> dict[str, str] | None:
+def read_currentimage(r: Reservation, address: str, *, host_keys: HostKeyPin | None) -> dict[str, str] | None:
     """currentimage.txt read back from the guest; None when there are no keys or no such file."""
-    login = login_for(r, address)
+    login = login_for(r, address, host_keys=host_keys)
     if login is None:
         return None
     with GuestShell(login) as shell:

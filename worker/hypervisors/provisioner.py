@@ -22,6 +22,7 @@ from worker.hypervisors.drivers.base import Driver, select_driver
 from worker.hypervisors.errors import InvalidInputError
 from worker.hypervisors.guest import Guest
 from worker.hypervisors.host import LibvirtHost, get_host
+from worker.hypervisors.host_keys import HostKeyMode, HostKeyPin
 from worker.hypervisors.layout import Layout
 from worker.hypervisors.lifecycle import node_status, remove_computer_domains
 from worker.hypervisors.load import LoadResult
@@ -53,8 +54,10 @@ class LibvirtProvisioner:
         """Select the driver (first probe that succeeds); check vmprofile switches for load states."""
         self._driver = select_driver(self.host)
         if _NETWORK_CHECK_STATES.search(self.reservation.request_state or ""):
-            for switch in self.layout.switches:
-                resolve_switch(self.host, switch)
+            vp = self.reservation.vmprofile
+            for n, switch in enumerate((vp.virtualswitch0, vp.virtualswitch1)):
+                if switch:
+                    resolve_switch(self.host, switch, f"vmprofile {vp.profile_name!r} virtualswitch{n}")
 
     @property
     def driver(self) -> Driver:
@@ -95,7 +98,10 @@ class LibvirtProvisioner:
 
     def node_status(self) -> NodeStatus:
         probe = self.settings.wait_for_guest and self.driver.boots_guests
-        return node_status(self.host, self.layout, self.settings.qemu_img_info_timeout, probe_guest=probe)
+        pin = HostKeyPin.for_reservation(self.settings, self.reservation, HostKeyMode.VERIFY)
+        return node_status(
+            self.host, self.layout, self.settings.qemu_img_info_timeout, probe_guest=probe, host_keys=pin
+        )
 
     def post_maintenance_action(self) -> list[str]:
         """Delete this computer's domains, overlays and boot snapshots; the DB side (noimage,

@@ -13,6 +13,10 @@
   fails with "Failed to get shared write lock" instead of copying an inconsistent image.
 * Files qemu-img creates (overlays, ``.part`` copies) are created by us first with mode 0600, so a
   user's disk is never world-readable, not even while it is being written.
+* qemu-img dies with the worker: its parent-death signal is SIGKILL (util-linux ``setpriv
+  --pdeathsig KILL`` as argv prefix, else ``prctl(PR_SET_PDEATHSIG)`` in the child before exec), so
+  a worker child killed by its hard time limit or ``kill -9`` leaves no copy running; an exception
+  in the waiting thread (Celery's soft time limit among them) kills it too.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.hypervisors.child_process import chain_hooks, die_with_parent_argv
 from worker.hypervisors.errors import DatastoreFullError, PermanentError, QemuImgError
 
 QEMU_IMG = "qemu-img"
@@ -116,7 +121,9 @@ def _run(
     A timeout kills the process and raises; a non-zero exit is returned for the verb to interpret.
     """
     prefix, preexec = _limited_argv(limits)
-    cmd = [*prefix, QEMU_IMG, *args]
+    death_prefix, death_hook = die_with_parent_argv()
+    cmd = [*death_prefix, *prefix, QEMU_IMG, *args]
+    preexec = chain_hooks(death_hook, preexec)
     try:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=preexec

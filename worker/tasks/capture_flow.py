@@ -43,6 +43,7 @@ def run_capture(hooks: TaskHooks, reservation_id: int, *, deps: TaskDeps) -> dic
         except VclDataError as exc:
             store.fail_capture(r, f"capture refused before shutdown: {exc}")
             raise ReservationFailed(str(exc)) from exc
+        work.still_ours()  # the next step shuts the user's guest down
         with work.failing(lambda msg: store.fail_capture(r, msg)):
             provisioner.initialize()
             existing = provisioner.captured_master(new_name)

@@ -3,10 +3,12 @@
 vcld's order, the same for load, reload, capture and maintenance:
 
 1. claim the request for this task (vcld: state → ``pending``) or confirm that the dispatcher's claim
-   names this task; a claim naming another task is not ours (:class:`AlreadyHandled`: stand down),
-   after giving back a computer lock an earlier delivery of this task may have left;
-2. read the reservation (bad data fails the request, as vcld's ``reservation_failed``);
-3. hold the computer's lock, recording ``lock_wait`` and the exclusive section's wall-clock bounds;
+   names this task; a claim naming another task is not ours (:class:`AlreadyHandled`: stand down);
+2. read the reservation (bad data fails the request, as vcld's ``reservation_failed``); a computer
+   that is not on this worker's VM host is refused (:mod:`.host_check`: the task re-routes it);
+3. hold the computer's lock under this delivery's own token (a lost lease stops the flow at its
+   next :meth:`ClaimedWork.still_ours`), recording ``lock_wait`` and the exclusive section's
+   wall-clock bounds;
 4. inside it, check the claim is still ours and build the provisioner (bad names fail the request);
 5. the flow's own steps, with :meth:`ClaimedWork.failing` mapping the core's errors onto the
    reservation's outcome (transient → retry, then fail on the last attempt; permanent → fail) and
@@ -38,8 +40,9 @@ from worker.reservation import Reservation
 from worker.timing import Stopwatch
 
 from .deps import TaskDeps
-from .locks import computer_lock, release_if_owner
-from .outcomes import EXPECTED_FAILURES, AlreadyHandled, ReservationFailed, Summary
+from .host_check import check_host
+from .locks import HeldLock, computer_lock, delivery_token
+from .outcomes import EXPECTED_FAILURES, AlreadyHandled, RequestDeleted, ReservationFailed, Summary
 
 log = logging.getLogger(__name__)
 
@@ -78,27 +81,35 @@ def provisioner_for(r: Reservation, settings: Settings) -> LibvirtProvisioner:
 
 @contextmanager
 def hold_computer(
-    deps: TaskDeps, computer_id: int, timings: dict[str, float], *, owner: str | None, lease: int | None
-) -> Iterator[None]:
+    deps: TaskDeps,
+    computer_id: int,
+    timings: dict[str, float],
+    *,
+    owner: str | None,
+    lease: int | None,
+    wait: float | None = None,
+) -> Iterator[HeldLock]:
     """The per-computer lock every task holds while it changes the computer's domain or disks.
 
     Records how long the task waited for it (``lock_wait``) and the wall-clock bounds of the exclusive
     section (``locked_at``/``unlocked_at``): operators (and tests) check with them that two tasks for
-    one computer never overlapped. ``lease``: see :func:`~worker.tasks.locks.computer_lock`."""
+    one computer never overlapped. ``owner``: this delivery's token (:func:`~.locks.delivery_token`);
+    ``lease``: see :func:`~worker.tasks.locks.computer_lock`; ``wait``: at most this long (default
+    ``VCL_LOCK_WAIT``)."""
     settings = deps.settings
     waiting = Stopwatch()
     with computer_lock(
         deps.kv,
         computer_id,
         ttl=settings.computer_lock_ttl,
-        wait=settings.lock_wait,
+        wait=settings.lock_wait if wait is None else wait,
         owner=owner,
         lease=lease,
-    ):
+    ) as held:
         timings["lock_wait"] = waiting.elapsed()
         timings["locked_at"] = deps.clock()
         try:
-            yield
+            yield held
         finally:
             timings["unlocked_at"] = deps.clock()
 
@@ -117,6 +128,8 @@ class ClaimedWork:
     provisioner: LibvirtProvisioner
     summary: Summary
     stopwatch: Stopwatch
+    # The computer lock this delivery holds: a lost lease stops the flow at its next still_ours().
+    held: HeldLock | None = None
 
     @property
     def store(self) -> VclStore:
@@ -132,7 +145,12 @@ class ClaimedWork:
 
     def still_ours(self) -> None:
         """AlreadyHandled unless the request is still claimed, and by this task (call it outside
-        :meth:`failing`: standing down is not a failure)."""
+        :meth:`failing`: standing down is not a failure). A lost computer lock raises LockLostError
+        first: a transient error, so Celery retries the task, which takes the lock again (after
+        whoever holds it now) and re-checks the claim. Retry rather than stand down: the request is
+        still claimed by this task and nobody else would finish it before the sweep's grace."""
+        if self.held is not None:
+            self.held.check()
         _check_still_ours(
             self.store, self.reservation.reservation_id, self.request_id, self.from_state, self.owner
         )
@@ -225,12 +243,17 @@ def claimed_work(
     hooks.progress("claimed", 1.0, outcome.value)
     r = _load_reservation(deps.store, reservation_id, request_id, action)
     summary.computer, summary.vmhost = r.computer_short_name, r.vmhost_short_name
+    check_host(deps, r)  # a computer moved to another host: refused before any lock or libvirt call
+    # The lock's token names this delivery (a redelivered copy of the message waits for it).
+    token = delivery_token(hooks.owner)
     with hold_computer(
-        deps, r.computer_id, summary.timings, owner=hooks.owner, lease=deps.settings.lock_lease
-    ):
+        deps, r.computer_id, summary.timings, owner=token, lease=deps.settings.lock_lease
+    ) as held:
         _check_still_ours(deps.store, reservation_id, request_id, from_state, hooks.owner)
         provisioner = _make_provisioner(deps, r, action)
-        yield ClaimedWork(deps, hooks, from_state, request_id, outcome, r, provisioner, summary, stopwatch)
+        yield ClaimedWork(
+            deps, hooks, from_state, request_id, outcome, r, provisioner, summary, stopwatch, held
+        )
 
 
 def _claim(
@@ -248,23 +271,12 @@ def _claim(
     else:
         outcome = store.claim_for_task(request_id, reservation_id, from_state, owner)
     if outcome is ClaimOutcome.LOST:
-        if owner is not None:
-            _release_left_lock(deps, reservation_id, owner)
+        # A lock an earlier delivery left is that delivery's (its token), never released here: it
+        # ends with its lease.
         raise AlreadyHandled(
             f"request {request_id} is {state}/{laststate}, not {from_state} for task {owner}: nothing to do"
         )
     return request_id, outcome
-
-
-def _release_left_lock(deps: TaskDeps, reservation_id: int, owner: str) -> None:
-    """An earlier delivery of this task may have died inside the computer lock after recording its
-    work: give the lock back now instead of leaving the computer locked for a lease."""
-    try:
-        computer_id = deps.store.load_reservation(reservation_id).computer_id
-        if release_if_owner(deps.kv, computer_id, owner):
-            log.info("reservation %s: released the lock an earlier delivery left", reservation_id)
-    except Exception as exc:  # best effort: the lease ends the lock anyway
-        log.debug("reservation %s: left lock not checked: %s", reservation_id, exc)
 
 
 def _check_still_ours(
@@ -272,6 +284,9 @@ def _check_still_ours(
 ) -> None:
     """Inside the computer lock: the request is still claimed, and by this task."""
     states = store.request_states(request_id)
+    if states is None or states[0] == "deleted" or states == ("complete", "deleted"):
+        # The user ended it (the web's deleteRequest), not another task: see worker.db.cancel.
+        raise RequestDeleted(f"request {request_id} was ended by its user ({states or 'gone'})")
     if states != ("pending", from_state):
         raise AlreadyHandled(f"request {request_id} is {states}; another task handled it")
     if owner is not None and not store.owns_claim(reservation_id, owner):

@@ -24,6 +24,10 @@ class TaskDeps:
     kv: Any
     # Wall clock for the lock's locked_at/unlocked_at: comparable across hosts, unlike a monotonic one.
     clock: Callable[[], float] = time.time
+    # The VM host this delivery was routed to (its queue ``vmhost.<host>``): a reservation whose
+    # computer is on another host is refused (worker.tasks.host_check). None: not checked (a call
+    # made in-process, or a message on a queue that names no host).
+    vmhost: str | None = None
 
 
 __all__ = ["TaskDeps"]

@@ -13,16 +13,21 @@ the master: the previous user's disk never survives it.
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Callable
+from typing import Any, NoReturn
 
+from worker.db.cancel import HandBack
+from worker.db.errors import StateConflictError
 from worker.failpoints import failpoint
 from worker.hypervisors.errors import PermanentError, TransientError
 from worker.hypervisors.provisioner import LoadResult, NodeStatus
 
 from .claimed import ClaimedWork, TaskHooks, claimed_work
 from .deps import TaskDeps
-from .outcomes import Summary
+from .outcomes import RequestDeleted, Summary
 
+log = logging.getLogger(__name__)
 # Marks "this task delivery finished the core load": a redelivery of the same task id may skip it.
 _LOAD_DONE_KEY = "vcl:load-done:{}"
 # A master copy from the repository runs between startload and transfervm.
@@ -32,28 +37,68 @@ COPY_SPAN = (5.0, 50.0)
 def run_load(
     hooks: TaskHooks, reservation_id: int, *, deps: TaskDeps, action: str = "load"
 ) -> dict[str, Any]:
-    """``new``/``reload`` (``action`` load/reload): vcld's new.pm → reload_image → libvirt load."""
+    """``new``/``reload`` (``action`` load/reload): vcld's new.pm → reload_image → libvirt load.
+
+    The claim is checked again (:meth:`ClaimedWork.still_ours`) before each destructive step and
+    before the result is recorded: a request the user deleted meanwhile stands the load down and the
+    computer is handed back according to how far it got (:func:`_stand_down`)."""
     with claimed_work(hooks, reservation_id, action, deps=deps) as work:
-        store, r, summary, provisioner = work.store, work.reservation, work.summary, work.provisioner
-        computer_state = store.computer_state(r.computer_id)
-        store.start_load(r)
-        failpoint(f"{action}.started")
-        with work.failing(lambda msg: store.fail_load(r, msg)):
-            provisioner.initialize()
-            skip = _skip_reason(work, computer_state)
-            if skip:
-                summary.detail = skip
-                summary.domain = provisioner.get_domain_name()
-            else:
-                with work.phase("load"):
-                    result = provisioner.load(progress=work.progress_reporter(COPY_SPAN, record_loadlog=True))
-                failpoint(f"{action}.loaded")
-                _mark_load_done(work)
-                _record_load(summary, result)
-        failpoint(f"{action}.before_finish")
-        store.finish_load(r)
-        failpoint(f"{action}.finished")
+        reached = [HandBack.LEAVE]
+        try:
+            _load(work, action, reached)
+        except RequestDeleted as exc:
+            _stand_down(work, reached[0], exc)
     return work.finish("loadimagecomplete")
+
+
+def _load(work: ClaimedWork, action: str, reached: list[HandBack]) -> None:
+    """The load's steps; ``reached[0]``: what the computer needs if the request is deleted now."""
+    store, r, summary, provisioner = work.store, work.reservation, work.summary, work.provisioner
+    computer_state = store.computer_state(r.computer_id)
+    work.still_ours()
+    _recorded(work, lambda: store.start_load(r))
+    # ``reloading`` now; the disk is untouched until the core runs.
+    reached[0] = HandBack.RESTORE if computer_state == "available" else HandBack.RELOAD
+    failpoint(f"{action}.started")
+    with work.failing(lambda msg: _recorded(work, lambda: store.fail_load(r, msg))):
+        provisioner.initialize()
+        skip = _skip_reason(work, computer_state)
+        if skip:
+            summary.detail = skip
+            summary.domain = provisioner.get_domain_name()
+        else:
+            work.still_ours()
+            reached[0] = HandBack.RELOAD
+            with work.phase("load"):
+                result = provisioner.load(progress=work.progress_reporter(COPY_SPAN, record_loadlog=True))
+            failpoint(f"{action}.loaded")
+            _mark_load_done(work)
+            _record_load(summary, result)
+        reached[0] = HandBack.LOADED
+    failpoint(f"{action}.before_finish")
+    work.still_ours()
+    _recorded(work, lambda: store.finish_load(r))
+    failpoint(f"{action}.finished")
+
+
+def _recorded(work: ClaimedWork, write: Callable[[], None]) -> None:
+    """A guarded write of the load's states; a conflict because the user deleted the request between
+    the last check and the write is that deletion (RequestDeleted), anything else stays an error."""
+    try:
+        write()
+    except StateConflictError:
+        work.still_ours()
+        raise
+
+
+def _stand_down(work: ClaimedWork, how: HandBack, exc: RequestDeleted) -> NoReturn:
+    """vcld's new.pm step 7 / reservation_failed for a deleted request: complete it, hand the
+    computer back (``available`` when it was not touched or is loaded and ready, a reload request
+    where the disk was touched), and end the delivery as handled (a ``skipped`` result)."""
+    r = work.reservation
+    outcome = work.store.hand_back(r, how, f"request deleted during the {work.summary.action}: {exc}")
+    log.info("reservation %s: %s; computer %s → %s", r.reservation_id, exc, r.computer_short_name, outcome)
+    raise RequestDeleted(f"{exc}; load stood down ({how.name.lower()}), computer: {outcome}") from exc
 
 
 def _skip_reason(work: ClaimedWork, computer_state: str) -> str:

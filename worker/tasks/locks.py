@@ -1,18 +1,19 @@
 """Per-computer mutual exclusion across all workers, on Redis.
 
 redis-py's ``Lock`` stores an owner token and releases only when the token matches, so a task can
-never release a lock another task owns. The TTL is above the longest hard time limit: a task that
-is still running always holds its lock.
+never release a lock another task owns.
 
-The token is the Celery task id. A task redelivered after its worker child was killed (late ack +
-``reject_on_worker_lost``) carries the same id, so it takes its own dead predecessor's lock over
-at once instead of waiting hours for the TTL. That is safe because the broker redelivers a message
-only once its previous holder is gone: the worker was lost, or the visibility timeout (longer than
-the hard time limit) passed.
+The token identifies one *delivery* (:func:`delivery_token`: the Celery task id plus a value drawn
+per delivery), never the task id alone: a redelivered copy of a message (the child was killed, or
+the broker gave the message out again while the first copy still runs) does not adopt the first
+copy's lock; it waits for it like any other task. A dead predecessor's lock ends with its lease
+(``lease`` < ``VCL_LOCK_WAIT``), so the redelivered copy gets the computer within one lease.
 
 With a ``lease`` the key lives only that long and a heartbeat thread renews it while the task runs:
 a child killed by its hard time limit, or a release that Redis did not answer, leaves the computer
-locked for one lease, not for the longest time limit. Release never raises: a Redis error there is
+locked for one lease, not for the longest time limit. A heartbeat that finds the lock gone or taken
+marks the hold lost (:class:`HeldLock`): the task checks it before its next destructive step
+(:meth:`HeldLock.check` raises :class:`LockLostError`). Release never raises: a Redis error there is
 logged and must not replace the task's result (the lease then ends the lock).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -39,42 +41,60 @@ class ComputerBusyError(TransientError):
     """Another task holds this computer's lock; the task is retried later."""
 
 
+class LockLostError(TransientError):
+    """The lease ran out and the lock is gone or another task's: this delivery must not touch the
+    computer again. Transient: the retry takes the lock again (waiting for whoever holds it now) and
+    re-checks the claim, so the work is neither abandoned nor done twice at once."""
+
+
 def computer_lock_name(computer_id: int) -> str:
     return f"vcl:lock:computer:{computer_id}"
 
 
-def _take_over(client: Any, lock: Any, name: str, owner: str) -> bool:
-    """Adopt a lock that a previous delivery of the same task (same owner token) left behind."""
-    stored = client.get(name)
-    if stored is None or stored != owner.encode():
-        return False
-    lock.local.token = stored
-    try:
-        lock.reacquire()  # atomic: resets the TTL only if the token still matches
-    except LockError:
-        return False
-    return True
+def delivery_token(task_id: str | None) -> str | None:
+    """The lock token of one delivery of task ``task_id``: ``<task id>:<random>``."""
+    return None if task_id is None else f"{task_id}:{uuid.uuid4().hex[:12]}"
+
+
+class HeldLock:
+    """What the holder of a computer lock sees: whether the heartbeat lost it."""
+
+    def __init__(self, computer_id: int) -> None:
+        self.computer_id = computer_id
+        self.lost = threading.Event()
+
+    def check(self) -> None:
+        """Raise :class:`LockLostError` once the heartbeat found the lock gone or taken."""
+        if self.lost.is_set():
+            raise LockLostError(f"computer {self.computer_id}: lock lease lost; stopped before the next step")
 
 
 class _Heartbeat(threading.Thread):
-    """Renews the lease every third of it until stopped; Redis errors are logged and retried."""
+    """Renews the lease every third of it until stopped; Redis errors are logged and retried. A lock
+    found gone (and not retaken) or owned by another token sets ``held.lost`` and ends the beat."""
 
-    def __init__(self, lock: Any, lease: int, computer_id: int) -> None:
-        super().__init__(name=f"vcl-lock-{computer_id}", daemon=True)
-        self.lock, self.lease, self.computer_id = lock, lease, computer_id
+    def __init__(self, client: Any, lock: Any, lease: int, held: HeldLock) -> None:
+        super().__init__(name=f"vcl-lock-{held.computer_id}", daemon=True)
+        self.client, self.lock, self.lease, self.held = client, lock, lease, held
         self.done = threading.Event()
+
+    def _still_ours(self) -> bool:
+        return bool(self.client.get(computer_lock_name(self.held.computer_id)) == self.lock.local.token)
 
     def run(self) -> None:
         while not self.done.wait(self.lease / 3):
             try:
-                self.lock.reacquire()
-            except LockNotOwnedError:
-                # The lease ran out during a Redis outage; take it back unless another task has it.
-                if not self.lock.acquire(blocking=False, token=self.lock.local.token):
-                    log.error("computer %s: lock lost to another task", self.computer_id)
+                try:
+                    self.lock.reacquire()
+                except LockNotOwnedError:
+                    # The lease ran out (e.g. during a Redis outage); take it back unless another has it.
+                    self.lock.acquire(blocking=False, token=self.lock.local.token)
+                if not self._still_ours():
+                    log.error("computer %s: lock lost (lease ran out or taken)", self.held.computer_id)
+                    self.held.lost.set()
                     return
             except RedisError as exc:
-                log.warning("computer %s: lock lease not renewed: %s", self.computer_id, exc)
+                log.warning("computer %s: lock lease not renewed: %s", self.held.computer_id, exc)
 
 
 def _release(lock: Any, computer_id: int) -> None:
@@ -93,18 +113,6 @@ def _release(lock: Any, computer_id: int) -> None:
             time.sleep(RELEASE_PAUSE)
 
 
-def release_if_owner(client: Any, computer_id: int, owner: str) -> bool:
-    """Release computer ``computer_id``'s lock if ``owner`` holds it: a delivery that died inside the
-    lock after its work was recorded leaves it behind, and its redelivery has nothing left to do."""
-    lock = client.lock(computer_lock_name(computer_id), thread_local=False)
-    lock.local.token = owner.encode()
-    try:
-        lock.release()
-    except (LockError, RedisError):
-        return False
-    return True
-
-
 @contextmanager
 def computer_lock(
     client: Any,
@@ -114,20 +122,23 @@ def computer_lock(
     wait: float,
     owner: str | None = None,
     lease: int | None = None,
-) -> Iterator[None]:
-    """Hold computer ``computer_id`` exclusively; raise :class:`ComputerBusyError` after ``wait`` s.
+) -> Iterator[HeldLock]:
+    """Hold computer ``computer_id`` exclusively with token ``owner`` (one delivery's, see
+    :func:`delivery_token`); raise :class:`ComputerBusyError` after ``wait`` s.
 
-    Without ``lease`` the key lives ``ttl`` seconds; with it, ``lease`` seconds renewed by a heartbeat."""
+    Without ``lease`` the key lives ``ttl`` seconds; with it, ``lease`` seconds renewed by a heartbeat
+    whose loss the yielded :class:`HeldLock` reports."""
     name = computer_lock_name(computer_id)
     timeout = min(ttl, lease) if lease else ttl
     lock = client.lock(name, timeout=timeout, blocking=True, blocking_timeout=wait, thread_local=False)
-    if not (owner is not None and _take_over(client, lock, name, owner)) and not lock.acquire(token=owner):
+    if not lock.acquire(token=owner):
         raise ComputerBusyError(f"computer {computer_id} is being provisioned by another task")
-    beat = _Heartbeat(lock, timeout, computer_id) if lease else None
+    held = HeldLock(computer_id)
+    beat = _Heartbeat(client, lock, timeout, held) if lease else None
     if beat is not None:
         beat.start()
     try:
-        yield
+        yield held
     finally:
         if beat is not None:
             beat.done.set()

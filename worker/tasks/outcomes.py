@@ -16,6 +16,12 @@ class AlreadyHandled(Exception):
     """The request is no longer ours to process (another task finished or took it): stand down."""
 
 
+class RequestDeleted(AlreadyHandled):
+    """The user ended the reservation while this task held its claim (the web's ``deleteRequest``
+    turned ``pending/<state>`` into ``deleted``; vcld's ``is_request_deleted``), or the request is
+    gone: the task stands down and hands the computer back (:mod:`worker.db.cancel`)."""
+
+
 #: Failures a task expects: Celery logs them as such (``Task.throws``), without a traceback.
 EXPECTED_FAILURES: tuple[type[Exception], ...] = (ReservationFailed, AlreadyHandled)
 
@@ -59,4 +65,12 @@ def skipped(reservation_id: int, detail: str) -> dict[str, Any]:
     return {"reservation_id": reservation_id, "status": TaskStatus.SKIPPED, "detail": detail}
 
 
-__all__ = ["EXPECTED_FAILURES", "AlreadyHandled", "ReservationFailed", "Summary", "TaskStatus", "skipped"]
+__all__ = [
+    "EXPECTED_FAILURES",
+    "AlreadyHandled",
+    "RequestDeleted",
+    "ReservationFailed",
+    "Summary",
+    "TaskStatus",
+    "skipped",
+]

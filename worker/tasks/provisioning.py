@@ -12,6 +12,7 @@ failures the flows already recorded logged by Celery as expected (``throws``).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol
 
@@ -22,12 +23,13 @@ from celery.signals import worker_process_init
 
 from worker import wiring as runtime
 from worker.actions import BY_NAME
-from worker.app import app
+from worker.app import app, vmhost_of_queue, vmhost_queue
 from worker.hypervisors.errors import TransientError
 
 from . import capture_flow, flows
 from .claimed import TaskHooks
 from .deps import TaskDeps
+from .host_check import WrongHostError
 from .outcomes import EXPECTED_FAILURES, AlreadyHandled, ReservationFailed, skipped
 from .task_ids import remember_task_ids
 
@@ -111,6 +113,48 @@ class CaptureTask(VclTask):
     time_limit = _SETTINGS.capture_time_limit
 
 
+class DelegatedTask(CaptureTask):
+    """``vcl.call``: vcld waits for it a bounded time (the CLI's timeout, sent as ``expires`` and as
+    the call's deadline), so nothing retries it automatically: a retry could act after vcld gave up,
+    on a computer someone else uses by then. Its only retries are re-routes to the right VM host."""
+
+    autoretry_for = ()
+    max_retries = 3
+
+
+def delivery_deps(task: Task) -> TaskDeps:
+    """The process's dependencies for this delivery, with the VM host this worker serves
+    (``VCL_VMHOST``, else the host its queue names)."""
+    deps = runtime.task_deps()
+    delivery = getattr(task.request, "delivery_info", None) or {}
+    host = deps.settings.vmhost or vmhost_of_queue(delivery.get("routing_key"))
+    return deps if not host else replace(deps, vmhost=host)
+
+
+def reroute(task: Task, exc: WrongHostError) -> BaseException:
+    """Send the task to the queue of the host its computer is on (Celery's retry with another queue:
+    same task id, one of its retries); raise ``exc`` when there is no such host or retries are spent."""
+    log.warning("%s; re-routed to %s", exc, exc.right_host)
+    if exc.right_host is None or not task.request.id:
+        return exc
+    return task.retry(exc=exc, countdown=0, queue=vmhost_queue(exc.right_host))  # type: ignore[no-any-return]
+
+
+def count_delivery(task: Task, deps: TaskDeps) -> int:
+    """How often this attempt (task id and retry number) was delivered, this one included; 0 when
+    not counted (no task id, or Redis unavailable: bookkeeping only)."""
+    task_id = task.request.id
+    if not task_id:
+        return 0
+    key = _DELIVERY_KEY.format(task_id, int(task.request.retries))
+    try:
+        count = int(deps.kv.incr(key))
+        deps.kv.expire(key, deps.settings.visibility_timeout)
+    except redis.RedisError:
+        return 0
+    return count
+
+
 class _Hooks:
     def __init__(self, task: Task, reservation_id: int) -> None:
         self.task = task
@@ -140,7 +184,7 @@ class _Hooks:
 def _run(task: Task, flow: Flow, reservation_id: int) -> dict[str, Any]:
     reservation_id = int(reservation_id)
     # The one place a delivery reads the process's wiring: everything below gets it explicitly.
-    deps = runtime.task_deps()
+    deps = delivery_deps(task)
     if task.request.id:
         remember_task_ids(deps.kv, {reservation_id: str(task.request.id)})
     hooks = _Hooks(task, reservation_id)
@@ -150,6 +194,8 @@ def _run(task: Task, flow: Flow, reservation_id: int) -> dict[str, Any]:
     except AlreadyHandled as exc:
         log.info("reservation %s: %s", reservation_id, exc)
         return skipped(reservation_id, str(exc))
+    except WrongHostError as exc:
+        raise reroute(task, exc) from None
     except TRANSIENT_ERRORS as exc:
         # autoretry_for turns this into a backed-off retry (or the final failure once retries are spent).
         log.warning(
@@ -166,19 +212,12 @@ def _bound_deliveries(task: Task, reservation_id: int, deps: TaskDeps) -> None:
     """A message whose child dies (late ack + reject_on_worker_lost) comes back; one that kills
     every child it reaches would come back forever. Count the deliveries of this attempt (task id
     and retry number) and fail the reservation instead of running it once the bound is passed."""
-    task_id = task.request.id
-    if not task_id:
-        return
-    key = _DELIVERY_KEY.format(task_id, int(task.request.retries))
-    try:
-        count = int(deps.kv.incr(key))
-        deps.kv.expire(key, deps.settings.visibility_timeout)
-    except redis.RedisError:
-        return  # bookkeeping only: without Redis the task runs unbounded rather than not at all
+    # Without Redis (count 0) the task runs unbounded rather than not at all.
+    count = count_delivery(task, deps)
     if count <= deps.settings.max_deliveries:
         return
     message = f"{task.name}: delivered {count} times, the worker child died each time; giving up"
-    deps.store.fail_stranded(reservation_id, str(task_id), message)
+    deps.store.fail_stranded(reservation_id, str(task.request.id), message)
     raise ReservationFailed(message)
 
 
@@ -222,4 +261,13 @@ def maintenance(self: Task, reservation_id: int) -> dict[str, Any]:
     return _run(self, flows.run_maintenance, reservation_id)
 
 
-__all__ = ["capture", "load", "maintenance", "reload"]
+__all__ = [
+    "DelegatedTask",
+    "capture",
+    "count_delivery",
+    "delivery_deps",
+    "load",
+    "maintenance",
+    "reload",
+    "reroute",
+]
