@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup host venv test test-faults test-vcld demo lint bench clean
+.PHONY: setup host venv test test-faults test-vcld demo lint bench install-units clean
 
 setup: host $(STAMP)
 
@@ -39,6 +39,11 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m bench.run
+
+# systemd units + /etc/vcl-worker/vcl-worker.env (kept when present); PREFIX=/tmp/x to try it out.
+PREFIX ?= /
+install-units: venv
+	$(BIN)/vcl-worker install-units --prefix $(PREFIX)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

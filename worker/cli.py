@@ -134,6 +134,26 @@ def cmd_reap(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from worker.check import management_node_report, print_report
+
+    if args.management_node:
+        return print_report(management_node_report(), "management node")
+    from worker.check_host import vmhost_report  # loads libvirt: VM hosts only
+
+    return print_report(vmhost_report(args.vmhost), f"VM host {args.vmhost}")
+
+
+def cmd_install_units(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from worker.install_units import install_units
+
+    for line in install_units(Path(args.prefix), args.executable):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vcl-worker", description=__doc__)
     parser.add_argument("--log-level", default=None, help="logging level (default VCL_LOG_LEVEL or INFO)")
@@ -174,13 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--apply", action="store_true", help="remove them (default: only list)")
     p.add_argument("--vmhost", default=None, help="short host name of this VM host (default VCL_VMHOST)")
     p.set_defaults(func=cmd_reap)
+
+    p = sub.add_parser("check", help="check this VM host's or management node's setup; one line per problem")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--vmhost", help="short name of the VM host this machine is (as `worker --vmhost`)")
+    which.add_argument("--management-node", action="store_true", help="check a management node (no libvirt)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("install-units", help="install the systemd units and the settings' environment file")
+    p.add_argument("--prefix", default="/", help="root to install under (default /)")
+    p.add_argument("--executable", default=None, help="vcl-worker path for ExecStart (default: this one)")
+    p.set_defaults(func=cmd_install_units)
     add_call_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = args.log_level or get_settings().log_level
+    # `check` reports invalid settings itself, as one of its problems, and logs only warnings.
+    level = args.log_level or ("WARNING" if args.command == "check" else get_settings().log_level)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.func(args))
 

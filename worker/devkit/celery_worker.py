@@ -47,12 +47,14 @@ def start_celery_worker(
     loglevel: str = "INFO",
     extra_args: Sequence[str] = (),
     timeout: float = 90,
+    launcher: Sequence[str] = (),
 ) -> CeleryWorker:
-    """Start a prefork worker consuming ``queues`` and wait until it answers a ping."""
+    """Start a prefork worker consuming ``queues`` and wait until it answers a ping; ``launcher``
+    prefixes the command (e.g. ``nsenter`` into a second VM host's namespaces)."""
     name = f"{prefix}-{uuid.uuid4().hex[:6]}@{host}"
     log = log_dir / f"{name.replace('@', '_')}.log"
     proc = subprocess.Popen(
-        [venv_command("celery"), "-A", "worker.app", "worker", "-Q", ",".join(queues), "-n", name,
+        [*launcher, venv_command("celery"), "-A", "worker.app", "worker", "-Q", ",".join(queues), "-n", name,
          "--pool", "prefork", "-c", str(concurrency), "-E", "-l", loglevel, *extra_args],
         env=dict(env), stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT,
     )  # fmt: skip

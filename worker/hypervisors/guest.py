@@ -152,7 +152,11 @@ class Guest:
             try:
                 self._dom.shutdown()
             except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not self._dom.isActive():
+                # "domain is not running": already off, or going down (a re-sent request that
+                # crossed the guest's own shutdown); either way the request has nothing left to do.
+                if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and (
+                    not self._dom.isActive() or self._dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING
+                ):
                     return
                 raise
 

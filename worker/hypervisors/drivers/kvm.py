@@ -11,14 +11,13 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
-
-import filelock
 
 from worker.failpoints import failpoint
 from worker.hypervisors import qemuimg, vmdk
 from worker.hypervisors.domain_type import DomainTypeChoice, choose_domain_type
+from worker.hypervisors.drivers import image_locks
 from worker.hypervisors.drivers.base import (
     CopyProgress,
     DiskOptions,
@@ -30,7 +29,6 @@ from worker.hypervisors.errors import (
     ImageCorruptError,
     ImageNotFoundError,
     InvalidInputError,
-    LockTimeoutError,
     QemuImgError,
 )
 
@@ -241,21 +239,11 @@ class KVMDriver:
             os.unlink(reg)
 
     # ------------------------------------------------------------------ locking
-    @contextlib.contextmanager
-    def image_lock(self, lock_dir: str, image_name: str, timeout: float) -> Iterator[None]:
+    def image_lock(
+        self, lock_dir: str, image_name: str, timeout: float
+    ) -> contextlib.AbstractContextManager[None]:
         """Cross-process per-image lock ``<lock_dir>/master-<image>.lock`` (filelock)."""
-        os.makedirs(lock_dir, mode=0o755, exist_ok=True)
-        lock = filelock.FileLock(os.path.join(lock_dir, f"master-{image_name}.lock"), timeout=timeout)
-        try:
-            lock.acquire()
-        except filelock.Timeout as exc:
-            raise LockTimeoutError(
-                f"could not lock master image {image_name!r} within {timeout:g} s"
-            ) from exc
-        try:
-            yield
-        finally:
-            lock.release()
+        return image_locks.image_lock(lock_dir, image_name, timeout)
 
     # ------------------------------------------------------------------ disk of a new domain
     def ensure_master(
@@ -281,50 +269,78 @@ class KVMDriver:
                     f"master image {path} for {master.image_name!r} does not exist in the datastore "
                     f"and {where}"
                 )
-            repo_files = _prefer_vmdk_descriptor(repo_files, master.image_name)
-            # Several files are joined into one master only as the extents of one split vmdk; any
-            # other set (name.qcow2 + name.raw) is ambiguous and would become one permanent master.
-            if len(repo_files) > 1 and not all(f.lower().endswith(".vmdk") for f in repo_files):
-                names = ", ".join(os.path.basename(f) for f in repo_files)
-                raise ImageCorruptError(
-                    f"repository {master.repository_path!r} has several files for {master.image_name!r} "
-                    f"({names}); only the extents of one split vmdk are ever joined: refusing them"
+            # Then the datastore's own lock, always second: a datastore several hosts share (NFS)
+            # gets one copy site-wide (the host's lock holds only on this host); the hosts that
+            # waited find the master. Nothing is created in the datastore before a copy is due.
+            sources, source_format = self._repository_sources(master, repo_files, options)
+            with image_locks.datastore_lock(master, options):
+                path = master.path()
+                if os.path.isfile(path):
+                    return path, False
+                self._copy_master(
+                    master, sources, path, options, on_copy=on_copy, source_format=source_format
                 )
-            # qemu-img convert flattens a backing chain: a repository file whose backing file or
-            # data-file points elsewhere would copy that file's bytes into the new master. Repository
-            # files are not ours, so qemu-img inspects them under resource limits, as the format
-            # their name gives (never probed).
-            formats = {
-                self.validate_master(
-                    src,
-                    known_format(src, None, "repository file"),
-                    options.info_timeout,
-                    qemuimg.REPOSITORY_LIMITS,
-                ).format
-                for src in repo_files
-            }
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            if on_copy is not None:
-                on_copy(0.0)
+                return path, True
 
-            def copied(pct: float) -> None:
-                if pct >= 30.0:
-                    failpoint("core.master_copy")
-                if on_copy is not None:
-                    on_copy(pct)
-
-            self.copy_virtual_disk(
-                repo_files,
-                path,
-                master.datastore_imagetype,
-                source_format=formats.pop() if len(formats) == 1 else None,
-                progress=copied,
-                timeout=options.convert_timeout,
-                read_only=True,
+    def _repository_sources(
+        self, master: MasterImage, repo_files: list[str], options: DiskOptions
+    ) -> tuple[list[str], str | None]:
+        """The repository files a master is copied from, checked, and their one format (if one)."""
+        repo_files = _prefer_vmdk_descriptor(repo_files, master.image_name)
+        # Several files are joined into one master only as the extents of one split vmdk; any
+        # other set (name.qcow2 + name.raw) is ambiguous and would become one permanent master.
+        if len(repo_files) > 1 and not all(f.lower().endswith(".vmdk") for f in repo_files):
+            names = ", ".join(os.path.basename(f) for f in repo_files)
+            raise ImageCorruptError(
+                f"repository {master.repository_path!r} has several files for {master.image_name!r} "
+                f"({names}); only the extents of one split vmdk are ever joined: refusing them"
             )
-            if master.windows:
-                self.update_windows_image(path)
-            return path, True
+        # qemu-img convert flattens a backing chain: a repository file whose backing file or
+        # data-file points elsewhere would copy that file's bytes into the new master. Repository
+        # files are not ours, so qemu-img inspects them under resource limits, as the format
+        # their name gives (never probed).
+        formats = {
+            self.validate_master(
+                src,
+                known_format(src, None, "repository file"),
+                options.info_timeout,
+                qemuimg.REPOSITORY_LIMITS,
+            ).format
+            for src in repo_files
+        }
+        return repo_files, formats.pop() if len(formats) == 1 else None
+
+    def _copy_master(
+        self,
+        master: MasterImage,
+        sources: list[str],
+        path: str,
+        options: DiskOptions,
+        *,
+        on_copy: CopyProgress | None,
+        source_format: str | None,
+    ) -> None:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        if on_copy is not None:
+            on_copy(0.0)
+
+        def copied(pct: float) -> None:
+            if pct >= 30.0:
+                failpoint("core.master_copy")
+            if on_copy is not None:
+                on_copy(pct)
+
+        self.copy_virtual_disk(
+            sources,
+            path,
+            master.datastore_imagetype,
+            source_format=source_format,
+            progress=copied,
+            timeout=options.convert_timeout,
+            read_only=True,
+        )
+        if master.windows:
+            self.update_windows_image(path)
 
     def prepare_disk(
         self, master: MasterImage, cow_path: str, options: DiskOptions, on_copy: CopyProgress | None = None
