@@ -21,7 +21,9 @@ database side of it is :mod:`worker.db.inventory`):
 * Extra guards on files: a file whose stem is an ``imagerevision.imagename`` or ``image.name`` (a
   master) is never removed, nor one without a backing file (overlays always have one; masters never),
   nor one used as a disk by a domain that is kept, nor one that another kept file uses as its backing
-  file. Files in datastorepath are only looked at when datastorepath is the vmpath.
+  file. Files in datastorepath are only looked at when datastorepath is the vmpath. Files of a
+  computer on another VM host whose vmpath is this one's (a datastore the hosts share, as with NFS)
+  are that host's: never removed here (its domains on this host still are).
 
 Without ``--apply`` the reaper only prints what it would remove. With ``--apply`` it first checks
 that ``--vmhost`` names the host it runs on (its host names or ``VCL_HOST_ALIASES``; reaping another
@@ -72,6 +74,7 @@ REAP_LOCK_LEASE = 60
 # Reasons --apply adds to ``kept`` (printed, unlike the listing's own reasons).
 RECHECKED_LIVE = "live again when re-checked under the computer lock"
 NOT_REMOVED = "not removed:"
+SHARED = "a computer of another VM host sharing this vmpath"
 
 
 class OrphanKind(StrEnum):
@@ -192,6 +195,8 @@ def plan_reap(store: VclStore, host: LibvirtHost, vmhost_name: str, roots: Seque
             backing_in_use.add(os.path.realpath(os.path.join(os.path.dirname(path), backing)))
         if why is None:
             plan.kept.append((path, "live"))
+        elif m["short"] in site.shared:
+            plan.kept.append((path, SHARED))
         elif stem in site.master_stems:
             plan.kept.append((path, "named like a master image"))
         elif inf is None:
@@ -223,6 +228,8 @@ def _plan_snapshots(plan: ReapPlan, site: HostInventory, vmpath: str) -> None:
             why = _why_dead(site, m["short"], int(m["imageid"]), int(m["rev"]))
             if why is None:
                 plan.kept.append((entry.path, "live boot snapshot"))
+            elif m["short"] in site.shared:
+                plan.kept.append((entry.path, SHARED))
             else:
                 plan.orphans.append(
                     Orphan(OrphanKind.SNAPSHOT, entry.path, m["short"], why, _ids(site, m["short"]))

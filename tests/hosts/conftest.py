@@ -62,7 +62,7 @@ def two_host_stack(repository: Path) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def host_b(two_host_stack: Stack, host_b_machine: SecondHost) -> Iterator[HostB]:
-    hb = add_host_b(two_host_stack, host_b_machine, vms=3)
+    hb = add_host_b(two_host_stack, host_b_machine, vms=5)  # 3: wrong host, 4: shared datastore
     try:
         yield hb
     finally:

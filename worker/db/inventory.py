@@ -60,6 +60,9 @@ class HostInventory:
     live: frozenset[LiveKey]
     protected: frozenset[str]  # short names of computers nothing of which may be removed
     master_stems: frozenset[str]  # every imagerevision.imagename and image.name
+    # short names of computers on another VM host whose vmpath is this one's (a shared datastore):
+    # their files are that host's to reap, never this one's
+    shared: frozenset[str] = frozenset()
 
 
 def host_inventory(s: Session, vmhost_name: str) -> HostInventory:
@@ -79,6 +82,8 @@ def host_inventory(s: Session, vmhost_name: str) -> HostInventory:
             f"vmhost {vmhost_name!r}: {len(match)} matching vmhost rows (expected exactly 1)"
         )
     vmhost_id, _hostname, vmpath, datastorepath, imagetype = match[0]
+    here = os.path.normpath(vmpath or datastorepath)
+    sharing = {h[0] for h in hosts if h[0] != vmhost_id and os.path.normpath(h[2] or h[3]) == here}
     st = aliased(m.State)
     comps = s.execute(
         select(
@@ -109,8 +114,11 @@ def host_inventory(s: Session, vmhost_name: str) -> HostInventory:
     by_id: dict[int, InventoryComputer] = {}
     live: set[LiveKey] = set()
     protected: set[str] = set()
+    shared: set[str] = set()
     for cid, hostname, vhid, deleted, state, imageid, rev in comps:
         c = InventoryComputer(int(cid), short_name(hostname), vhid, bool(deleted), state)
+        if vhid in sharing:
+            shared.add(c.short_name)
         by_short.setdefault(c.short_name, []).append(c)
         by_id[c.id] = c
         if c.on_host(vmhost_id) and imageid is not None and rev is not None:
@@ -126,13 +134,14 @@ def host_inventory(s: Session, vmhost_name: str) -> HostInventory:
         live.add((comp.short_name, int(imageid), int(rev)))
     return HostInventory(
         vmhost_id=int(vmhost_id),
-        vmpath=os.path.normpath(vmpath or datastorepath),
+        vmpath=here,
         datastorepath=os.path.normpath(datastorepath),
         imagetype=imagetype or "qcow2",
         computers={k: tuple(v) for k, v in by_short.items()},
         live=frozenset(live),
         protected=frozenset(protected),
         master_stems=frozenset(x for x in stems if x),
+        shared=frozenset(shared),
     )
 
 
