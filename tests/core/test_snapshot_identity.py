@@ -19,6 +19,7 @@ import paramiko
 import pytest
 
 from tests.core.conftest import Env
+from tests.faults.conftest import COUNTERS
 from worker.devkit.guest_image import GuestImage
 from worker.devkit.guest_master import install_guest_master
 from worker.devkit.guest_network import DhcpNetwork
@@ -120,10 +121,12 @@ def test_host_key_mismatch_is_refused(env: Env, dhcp_net: DhcpNetwork, guest_ima
     # The readiness probe refuses it: the computer needs a reload.
     assert _prov(env, res).node_status() == "RELOAD"
     MISMATCHES_REFUSED.append("node_status")
+    COUNTERS["host-key mismatches refused"] += 1
     prov = _prov(env, res)
     with pytest.raises(HostKeyMismatchError, match="not the key pinned"):
         prov.load()
     MISMATCHES_REFUSED.append("restore")
+    COUNTERS["host-key mismatches refused"] += 1
     # Nothing handed out: no domain, no overlay; the snapshot in doubt is gone.
     assert get_host("qemu:///system").lookup_guest(prov.layout.domain_name) is None
     assert not os.path.exists(prov.layout.cow_path)

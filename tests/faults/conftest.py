@@ -46,6 +46,7 @@ COUNTERS: dict[str, int] = {
     "reservations ended at their end time": 0,
     "late calls refused": 0,
     "wrong-host deliveries refused": 0,
+    "host-key mismatches refused": 0,
 }
 _USED = {"faults": False}
 
@@ -54,8 +55,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not _USED["faults"]:
         return
     terminalreporter.section("vcl-worker fault suite")
+    width = max(map(len, COUNTERS))
     for key, value in COUNTERS.items():
-        terminalreporter.write_line(f"{key:<22} {value}")
+        terminalreporter.write_line(f"{key:<{width}} {value}")
 
 
 @dataclass(kw_only=True)

@@ -31,6 +31,7 @@ from worker.devkit.celery_worker import start_celery_worker
 from worker.devkit.database import database_url, mariadb
 from worker.devkit.images import qemu_img_info
 from worker.devkit.libvirt_env import cleanup_domains
+from worker.devkit.require import missing_service
 from worker.devkit.web_writes import end_request, extend_request
 
 from .conftest import (
@@ -279,7 +280,7 @@ def web_site(fstack: FaultStack) -> Iterator[WebSite]:
     from tests.vcld.runners import VclWeb, runners_present, sql
 
     if not runners_present():
-        pytest.skip("needs ../shared/vcl/web")
+        missing_service("needs ../shared/vcl/web")
     run = uuid.uuid4().hex[:6]
     db = f"vclendings_{run}"
     web = VclWeb(db=db, port=WEB_PORT, workdir=fstack.tmp / f"web-{run}")
