@@ -80,11 +80,7 @@ def dispatch_one(stack: Stack, task_name: str) -> tuple[int, str]:
 
 
 def wait_success(stack: Stack, task_id: str, worker: CeleryWorker) -> dict[str, Any]:
-    result = stack.app.AsyncResult(task_id)
-    value = result.get(timeout=TASK_TIMEOUT, propagate=False)
-    assert result.state == "SUCCESS", f"{result.state}: {value!r}\n{worker.tail()}"
-    assert isinstance(value, dict)
-    return value
+    return stack.wait_success(task_id, worker, timeout=TASK_TIMEOUT)
 
 
 def assert_answered(stack: Stack, index: int, value: dict[str, Any]) -> None:

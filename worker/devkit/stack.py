@@ -136,6 +136,14 @@ class Stack(SiteRequests):
     def send(self, task: str, reservation_id: int, queue: str | None = None) -> AsyncResult:
         return self.app.send_task(task, args=[reservation_id], queue=queue or self.queue)
 
+    def wait_success(self, task_id: str, worker: CeleryWorker, *, timeout: float) -> dict[str, Any]:
+        """The task's result once it succeeded; a failure shows its value and the worker's log."""
+        result = self.app.AsyncResult(task_id)
+        value = result.get(timeout=timeout, propagate=False)
+        assert result.state == "SUCCESS", f"{result.state}: {value!r}\n{worker.tail()}"
+        assert isinstance(value, dict)
+        return value
+
     def start_worker(
         self,
         log_dir: Path,
