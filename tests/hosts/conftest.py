@@ -20,24 +20,25 @@ from worker.devkit.two_hosts import HostB, add_host_b
 REDIS_DBS = (7, 8, 9)
 
 
-@pytest.fixture(scope="session")
-def repository() -> Iterator[Path]:
-    """The site's image repository: one directory, the same path on both hosts."""
-    path = make_datastore(f"vcl-worker-hosts-repo-{uuid.uuid4().hex[:8]}", IMAGES_ROOT)
+def _directory_on_both_hosts(kind: str) -> Iterator[Path]:
+    """A directory under the images root that both hosts see at the same path, removed afterwards."""
+    path = make_datastore(f"vcl-worker-hosts-{kind}-{uuid.uuid4().hex[:8]}", IMAGES_ROOT)
     try:
         yield path
     finally:
         remove_datastore(path)
+
+
+@pytest.fixture(scope="session")
+def repository() -> Iterator[Path]:
+    """The site's image repository: one directory, the same path on both hosts."""
+    yield from _directory_on_both_hosts("repo")
 
 
 @pytest.fixture(scope="session")
 def shared_datastore() -> Iterator[Path]:
     """A datastore both hosts see at the same path (as with NFS)."""
-    path = make_datastore(f"vcl-worker-hosts-shared-{uuid.uuid4().hex[:8]}", IMAGES_ROOT)
-    try:
-        yield path
-    finally:
-        remove_datastore(path)
+    yield from _directory_on_both_hosts("shared")
 
 
 @pytest.fixture(scope="session")
