@@ -19,6 +19,7 @@ from worker.devkit.guest_master import install_guest_master
 from worker.devkit.guest_network import DhcpNetwork
 from worker.hypervisors import postload
 from worker.hypervisors.domain_type import choose_domain_type
+from worker.hypervisors.errors import LibvirtPermanentError
 from worker.hypervisors.lifecycle import NodeStatus
 from worker.hypervisors.network import LibvirtNetwork
 from worker.hypervisors.readiness import GuestNotReadyError
@@ -56,9 +57,9 @@ def test_real_guest_boots_gets_private_ip_answers_ssh_and_post_load_runs(
     assert recorded["imagerevision_id"] == str(res.imagerevision_id)
     assert postload.POST_LOAD_MARK in recorded
     assert prov.node_status() is NodeStatus.READY
-    # A guest that stops answering is no longer READY, although its domain is still defined.
+    # A domain that is off is RELOAD (VCL: not responding to SSH), although it is still defined.
     prov.guest().power_off()
-    assert prov.node_status() is NodeStatus.POST_LOAD
+    assert prov.node_status() is NodeStatus.RELOAD
     assert images.sha256(master) == master_sum
 
 
@@ -88,6 +89,8 @@ def test_forced_kvm_on_paravirtual_kvm_never_answers(
     install_guest_master(guest_image, env.images, res.imagerevision_imagename)
     prov = env.guest_provisioner(res, domain_type="kvm", ready_timeout=25)
     prov.initialize()
-    with pytest.raises(GuestNotReadyError):
+    # libvirt.pm's host-model CPU: QEMU refuses to start on kvm_pvm (it cannot set the host's MSRs);
+    # a CPU QEMU accepts there boots a guest that never answers.
+    with pytest.raises((GuestNotReadyError, LibvirtPermanentError)):
         prov.load()
     assert prov.host.lookup_guest(prov.layout.domain_name) is None

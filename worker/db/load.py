@@ -4,6 +4,7 @@ transaction, so each of them commits or rolls back as a whole."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import select, update
@@ -16,6 +17,8 @@ from worker.db.loadlog import insert_loadlog, state_exit_loadlog, update_log_end
 from worker.db.reads import noimage_revision
 from worker.db.requests import VclIds, fail_claimed, require_claimed, transition
 from worker.reservation import Reservation
+
+log = logging.getLogger(__name__)
 
 #: Load states finished by :func:`finish_load`: claimed state -> (request, computer) result.
 LOAD_RESULTS: dict[str, tuple[str, str]] = {
@@ -80,6 +83,37 @@ def finish_load(s: Session, ids: VclIds, r: Reservation) -> None:
     set_computer_state(s, ids, cid, comp_state, currentimageid=r.image_id, imagerevisionid=r.imagerevision_id)
     insert_loadlog(s, ids, rid, cid, "nodeready", info=f"{r.computer_short_name} is ready", now=now)
     state_exit_loadlog(s, ids, r, r.request_state, now)
+
+
+def record_generated_macs(s: Session, r: Reservation, eth0: str | None, eth1: str | None) -> dict[str, str]:
+    """Write the MACs a load generated for the computer's NICs into ``computer.eth0macaddress`` /
+    ``eth1macaddress`` (vmprofile ``eth0generated``/``eth1generated``): capture and the power calls
+    find the computer's domain by these columns. vcld keeps them in its in-memory DataStructure only
+    (libvirt.pm:generate_domain_xml → set_computer_eth0_mac_address), which lasts one vcld process;
+    a worker's capture runs in another task. A MAC another live computer already holds (the columns
+    are UNIQUE with ``datedeleted``) is not written. Returns {column: MAC} of what was written."""
+    written: dict[str, str] = {}
+    for column, mac in (("eth0macaddress", eth0), ("eth1macaddress", eth1)):
+        if not mac:
+            continue
+        col = getattr(m.Computer, column)
+        other = s.execute(
+            select(m.Computer.id).where(col == mac, m.Computer.id != r.computer_id, m.Computer.deleted == 0)
+        ).first()
+        if other is not None:
+            log.warning(
+                "computer %s: generated %s %s is computer %s's already; not recorded",
+                *(r.computer_id, column, mac, other[0]),
+            )
+            continue
+        s.execute(
+            update(m.Computer)
+            .where(m.Computer.id == r.computer_id)
+            .values({column: mac})
+            .execution_options(synchronize_session=False)
+        )
+        written[column] = mac
+    return written
 
 
 def fail_load(s: Session, ids: VclIds, r: Reservation, message: str) -> None:
@@ -147,6 +181,7 @@ __all__ = [
     "fail_request",
     "finish_load",
     "finish_maintenance",
+    "record_generated_macs",
     "set_computer_state",
     "start_load",
 ]

@@ -210,6 +210,12 @@ class VclStore:
         with self._sf.begin() as s:
             load.finish_load(s, self._ids, r)
 
+    def record_generated_macs(self, r: Reservation, eth0: str | None, eth1: str | None) -> dict[str, str]:
+        """The MACs a load generated for the computer's eth0/eth1 into ``computer.eth<n>macaddress``
+        (capture and power calls find the domain by them); {column: MAC} of what was written."""
+        with self._sf.begin() as s:
+            return load.record_generated_macs(s, r, eth0, eth1)
+
     def fail_load(self, r: Reservation, message: str) -> None:
         """``reservation_failed`` for a load state: loadimagefailed + failed rows, request
         ``failed/<state>``, computer ``failed``, log ending ``failed`` for new; then state_exit's

@@ -27,6 +27,7 @@ from worker.db.errors import VclDataError
 from worker.db.store import VclStore
 from worker.delegated.methods import BY_METHOD, Method, Returns
 from worker.hypervisors.errors import DomainNotFoundError, PermanentError
+from worker.hypervisors.guest import PowerState
 from worker.hypervisors.provisioner import LibvirtProvisioner, ProgressEvent
 from worker.reservation import Reservation
 from worker.tasks.claimed import hold_computer, provisioner_for
@@ -119,7 +120,11 @@ def _load(c: _Call) -> Value:
             c.progress(event.stage, event.message)
 
     c.p.initialize()
-    result = c.p.load(progress=on_progress)
+    # No post-load of the worker's: vcld's OS module runs post_load() once this returns (libvirt.pm's
+    # load ends with it), logged in with vcld's own identity; the guest must still answer.
+    result = c.p.load(progress=on_progress, post_load=False)
+    if result.generated_macs:  # eth<n>generated profiles: capture and power calls find the domain by them
+        c.store.record_generated_macs(r, result.generated_macs.eth0, result.generated_macs.eth1)
     c.timings.update({f"core_{k}": v for k, v in result.timings.items()})
     c.detail = f"domain {result.domain_name} ({result.domain_type}) on {result.cow_path}"
     if result.answer is not None:
@@ -129,13 +134,19 @@ def _load(c: _Call) -> Value:
 
 def _capture(c: _Call) -> Value:
     c.p.initialize()
+    # The bridge has vcld's OS module shut the guest down first (libvirt.pm: os->shutdown()); the
+    # core's ACPI shutdown then finds it off. Only without an OS module, or when it failed, does the
+    # core shut the guest down.
+    already_off = c.p.guest().power_status() == PowerState.OFF
     result = c.p.capture(progress=None)
     c.store.rename_captured_image(c.r, result.new_image_name, c.p.layout.datastore_imagetype)
     # libvirt.pm deletes the domain at the end of capture (image state); the core leaves that to
     # the caller, after the new name is recorded.
     c.p.remove_captured_domain(result.domain_name)
     c.timings.update({f"core_{k}": v for k, v in result.timings.items()})
-    c.detail = f"captured {result.domain_name} as {result.master_path}"
+    c.detail = f"captured {result.domain_name} as {result.master_path}; " + (
+        "it was off already" if already_off else "the worker shut it down"
+    )
     return 1
 
 

@@ -106,6 +106,14 @@ exit 0
 
 POWER_BUTTON = "#!/bin/sh\n# busybox acpid runs this on the ACPI power button event.\npoweroff\n"
 
+# busybox has poweroff/reboot but no shutdown; VCL's Linux OS module runs `shutdown -h now` (and -r).
+SHUTDOWN = """#!/bin/sh
+case " $* " in
+  *" -r "*) exec reboot ;;
+  *) exec poweroff ;;
+esac
+"""
+
 GRUB_CFG = """set default=0
 set timeout=0
 menuentry "vcl test guest" {
@@ -218,6 +226,8 @@ def populate(
     _write(root / "etc" / "init.d" / "rcS", RCS, 0o755)
     _write(root / "etc" / "udhcpc.script", UDHCPC, 0o755)
     _write(root / "etc" / "acpi" / "PWRF" / "00000080", POWER_BUTTON, 0o755)
+    if not (root / "sbin" / "shutdown").exists():
+        _write(root / "sbin" / "shutdown", SHUTDOWN, 0o755)
     _write(root / "etc" / "hostname", hostname + "\n")
     _write(root / "etc" / "hosts", f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n")
     _write(root / "etc" / "passwd", "root:x:0:0:root:/root:/bin/sh\n")

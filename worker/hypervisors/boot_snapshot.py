@@ -33,7 +33,7 @@ from typing import Any
 import libvirt
 
 from worker.hypervisors import boot_snapshot_files as files_mod
-from worker.hypervisors import domain_xml
+from worker.hypervisors import domain_xml, postload
 from worker.hypervisors.context import OperationContext
 from worker.hypervisors.domain_xml import DomainSpec, ParsedDomain
 from worker.hypervisors.drivers.base import PreparedDisk
@@ -123,7 +123,7 @@ class BootSnapshot:
             # Post-load after every restore, the host key verified; the clock is set on post-load's
             # own SSH session, before post-load writes its files.
             answer = run_post_load(quick, reached, mode=HostKeyMode.VERIFY, first=self.set_clock)
-            watch.mark("post_load")
+            watch.mark(postload.timing_name(quick.settings.post_load))
         except HostKeyMismatchError as exc:
             log.error("restore of %s refused: %s", name, exc)
             self._undo()

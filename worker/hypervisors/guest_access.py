@@ -4,7 +4,8 @@ VCL connects to a VM at ``computer.privateIPaddress`` (the MAC is ``eth0macaddre
 network with DHCP the worker pins that address with a DHCP host entry before the domain starts; on
 a plain bridge the site's DHCP hands it out and we find it from libvirt (lease, then ARP). A
 reservation is loaded only when the guest answers on its connect-method port (SSH: an ``SSH-2.0-``
-banner) and the post-load step ran: a ``running`` domain may still be in its BIOS, or have panicked.
+banner) and the post-load step ran (in delegated mode vcld's OS module runs it, after the load): a
+``running`` domain may still be in its BIOS, or have panicked.
 Every SSH connection checks the guest's host key against the computer's pin (:mod:`.host_keys`).
 """
 
@@ -174,22 +175,25 @@ def _first_alone(r: Reservation, address: str, first: postload.SessionStep, pin:
 def probe_status(
     host: LibvirtHost, domain_name: str, r: Reservation, mac: str | None, *, pin: HostKeyPin | None
 ) -> NodeStatus:
-    """For node_status: READY, POST_LOAD (answers, post-load not recorded / not answering yet) or
-    RELOAD (the guest says it holds another revision, or was tainted, or presents another host key
-    than the one pinned: ``pin``, in VERIFY mode)."""
+    """For node_status, VCL's Provisioning.pm verdicts: RELOAD when the guest does not answer on its
+    port, cannot be logged in to, has no currentimage.txt, says it holds another revision or was
+    tainted, or presents another host key than the one pinned (``pin``, in VERIFY mode); POST_LOAD
+    when it holds this revision without post-load recorded; else READY."""
     try:
         address = find_address(host, domain_name, r, mac, STATUS_PROBE_SECONDS)
         wait_for_port(address, r.readiness_port, deadline=STATUS_PROBE_SECONDS)
-    except GuestNotReadyError:
-        return NodeStatus.POST_LOAD
+    except GuestNotReadyError as exc:
+        log.info("node_status: %s does not answer: %s", domain_name, exc)
+        return NodeStatus.RELOAD
     try:
         recorded = postload.read_currentimage(r, address, host_keys=pin)
     except HostKeyMismatchError as exc:
         log.warning("node_status: %s: %s", domain_name, exc)
         return NodeStatus.RELOAD
     except (TransientError, PermanentError) as exc:
+        # VCL's is_ssh_responding logs in; a guest it cannot log in to is reloaded.
         log.info("node_status: %s answers but currentimage.txt cannot be read: %s", domain_name, exc)
-        return NodeStatus.POST_LOAD
+        return NodeStatus.RELOAD
     if not r.management_node_keys:
         return NodeStatus.READY  # no identity to look inside with: answering is all VCL could check either
     if recorded is None or recorded.get("imagerevision_id") != str(r.imagerevision_id):

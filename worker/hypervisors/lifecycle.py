@@ -64,14 +64,16 @@ def node_status(
     probe_guest: bool = True,
     host_keys: HostKeyPin | None = None,
 ) -> NodeStatus:
-    """VCL's node_status (Provisioning.pm), with the disk checks libvirt.pm never made.
+    """VCL's node_status (Provisioning.pm; libvirt.pm inherits it), with the disk checks libvirt.pm
+    never made. The verdicts are VCL's (see :class:`NodeStatus`).
 
-    RELOAD unless this revision's domain exists with its COW backed by this revision's master, and
-    when the guest's currentimage.txt names another revision or is tainted; POST_LOAD when the domain
-    is not running, does not answer on its connect port, or post-load was not recorded; READY only
-    when the guest answers and (where the management node can log in) post-load is recorded.
-    ``probe_guest=False`` (blank masters in tests, simulated domains) stops at "running"; the probe
-    checks the guest's host key against ``host_keys`` (a mismatch: RELOAD)."""
+    RELOAD unless this revision's domain exists with its COW backed by this revision's master; RELOAD
+    too when the domain is not running or its guest does not answer (Provisioning.pm: "not responding
+    to SSH, returning 'RELOAD'"), when currentimage.txt cannot be read or names another revision, or
+    it is tainted; POST_LOAD only for a guest that answers with this revision and has no post-load
+    recorded; READY when the guest answers and (where the management node can log in) post-load is
+    recorded. ``probe_guest=False`` (blank masters in tests, simulated domains) stops at "running";
+    the probe checks the guest's host key against ``host_keys`` (a mismatch: RELOAD)."""
     guest = host.lookup_guest(layout.domain_name)
     if guest is None:
         return NodeStatus.RELOAD
@@ -92,8 +94,8 @@ def node_status(
         backing = inf.full_backing_filename or inf.backing_filename
     if not backing or os.path.realpath(backing) != os.path.realpath(layout.master_path()):
         return NodeStatus.RELOAD
-    if guest.power_status() != PowerState.ON:
-        return NodeStatus.POST_LOAD
+    if guest.power_status() not in (PowerState.ON, PowerState.BLOCKED):
+        return NodeStatus.RELOAD  # off, paused, crashed: nothing answers SSH
     if not probe_guest:
         return NodeStatus.READY
     macs = guest.mac_addresses()

@@ -5,6 +5,8 @@ domains → domain XML → pin the private address (DHCP host entry) → disk (m
 if missing, COW overlay) → define → start → the guest answers on its connect port → boot snapshot
 saved (first cold boot of a revision) → post-load (the host key pinned) → :class:`LoadResult`.
 A restore replaces disk to start with the snapshot, and runs post-load with the host key verified.
+Post-load is the worker's own step (``VCL_POST_LOAD``); a load with ``post_load=none`` settings (the
+delegated path: vcld's OS module post-loads) still waits for the guest and pins its host key.
 Progress stages are vcld's loadlog names: startload, transfervm, vmsetupconfig, startvm, machinebooted.
 """
 
@@ -13,15 +15,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from worker.config import Settings
 from worker.failpoints import failpoint
-from worker.hypervisors import domain_xml
+from worker.hypervisors import domain_xml, postload
 from worker.hypervisors.boot_snapshot import BootSnapshot, BootSnapshotOutcome
 from worker.hypervisors.context import OperationContext
 from worker.hypervisors.domain_spec import domain_spec
-from worker.hypervisors.domain_xml import NicSpec
+from worker.hypervisors.domain_xml import GeneratedMacs, NicSpec
 from worker.hypervisors.drivers.base import DiskOptions, PreparedDisk
 from worker.hypervisors.errors import UnreadableMasterError
 from worker.hypervisors.guest import Guest
@@ -48,6 +50,8 @@ class LoadResult:
     # How the user reaches the guest; None when readiness was not checked (see Settings.wait_for_guest).
     answer: GuestAnswer | None = None
     boot_snapshot: BootSnapshotOutcome = BootSnapshotOutcome.NONE
+    # MACs generated for the computer's eth0/eth1: the caller records them on the computer row.
+    generated_macs: GeneratedMacs = field(default_factory=GeneratedMacs)
 
 
 def disk_options(settings: Settings) -> DiskOptions:
@@ -110,6 +114,7 @@ def load(ctx: OperationContext) -> LoadResult:
         timings=watch.total(),
         answer=answer,
         boot_snapshot=outcome,
+        generated_macs=spec.generated_macs,
     )
 
 
@@ -150,7 +155,7 @@ def _wait_for_guest(
         # Before the task can report success: the saved pair is whole, or there is none.
         saved = snapshot is not None and snapshot.save(guest, reached) is not None
         answer = run_post_load(ctx, reached, mode=HostKeyMode.PIN)
-        ctx.stopwatch.mark("post_load")
+        ctx.stopwatch.mark(postload.timing_name(ctx.settings.post_load))
         return answer, saved
     except BaseException:
         if saved and snapshot is not None:

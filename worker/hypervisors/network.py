@@ -153,6 +153,13 @@ class LibvirtNetwork:
         return DhcpChange.MODIFIED
 
 
+def network_states(host: LibvirtHost) -> dict[str, bool]:
+    """Every libvirt network defined on the host (``virsh net-list --all``), name -> active."""
+    return host.call(
+        "listAllNetworks", lambda c: {str(n.name()): bool(n.isActive()) for n in c.listAllNetworks(0)}
+    )
+
+
 def domain_ipv4_addresses(host: LibvirtHost, domain_name: str, mac: str | None = None) -> list[str]:
     """The domain's IPv4 addresses: from DHCP leases first, else from the host's ARP cache.
 

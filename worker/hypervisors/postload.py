@@ -244,6 +244,13 @@ def read_currentimage(r: Reservation, address: str, *, host_keys: HostKeyPin | N
     return parse_currentimage(output) if status == 0 else None
 
 
+def timing_name(setting: str) -> str:
+    """A load's timing of the step after the guest answered: ``post_load``, or ``host_key`` where
+    ``VCL_POST_LOAD`` is ``none`` (delegated mode: vcld's OS module post-loads) and the step is only
+    the host key's handshake (and a restored guest's clock)."""
+    return "host_key" if setting == "none" else "post_load"
+
+
 def resolve_post_load(setting: str) -> PostLoadStep | None:
     """The post-load step named by ``VCL_POST_LOAD``: ``ssh`` (default), ``none`` or ``module:function``."""
     if setting == "none":

@@ -8,6 +8,7 @@ done by one module per responsibility: :mod:`.layout` (names, paths, validation)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
@@ -116,12 +117,21 @@ class LibvirtProvisioner:
         return removed
 
     # ------------------------------------------------------------------ load / capture
-    def _context(self, progress: ProgressCallback | None) -> OperationContext:
-        """A fresh context (and stopwatch) per operation."""
-        return OperationContext(self.host, self.driver, self.layout, self.settings, Progress(progress))
+    def _context(
+        self, progress: ProgressCallback | None, settings: Settings | None = None
+    ) -> OperationContext:
+        """A fresh context (and stopwatch) per operation; ``settings`` replaces the provisioner's."""
+        return OperationContext(
+            self.host, self.driver, self.layout, settings or self.settings, Progress(progress)
+        )
 
-    def load(self, *, progress: ProgressCallback | None = None) -> LoadResult:
-        return load_module.load(self._context(progress))
+    def load(self, *, progress: ProgressCallback | None = None, post_load: bool = True) -> LoadResult:
+        """Build and start the domain; when guests are waited for, the guest must answer on its
+        connect port (its SSH host key pinned) and ``post_load`` runs the worker's post-load step
+        (``VCL_POST_LOAD``). ``post_load=False`` is delegated mode: vcld's OS module runs
+        ``post_load()`` itself after this returns, as libvirt.pm's load ends with it."""
+        settings = self.settings if post_load else dataclasses.replace(self.settings, post_load="none")
+        return load_module.load(self._context(progress, settings))
 
     def capture(self, *, progress: ProgressCallback | None = None) -> CaptureResult:
         """Shut down, flatten into the new master (and repository); the domain stays (see below)."""

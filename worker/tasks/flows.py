@@ -72,6 +72,8 @@ def _load(work: ClaimedWork, action: str, reached: list[HandBack]) -> None:
             with work.phase("load"):
                 result = provisioner.load(progress=work.progress_reporter(COPY_SPAN, record_loadlog=True))
             failpoint(f"{action}.loaded")
+            if result.generated_macs:  # before the done mark: a redelivery that skips must find them
+                store.record_generated_macs(r, result.generated_macs.eth0, result.generated_macs.eth1)
             _mark_load_done(work)
             _record_load(summary, result)
         reached[0] = HandBack.LOADED

@@ -12,7 +12,11 @@
 # computer states: those stay vcld's.  vcld needs no SSH to the VM hosts.
 #
 # Guest-side steps stay vcld's OS module's, called where libvirt.pm calls them:
-# os->post_load() at the end of load(), os->pre_capture() before capture().
+# os->post_load() at the end of load() (the worker runs no post-load of its
+# own for these calls), and in capture() imagemeta Sysprep set to 0 in vcld's
+# data, os->pre_capture({end_state => 'on'}), then os->shutdown() before the
+# worker writes the new master (the worker shuts the guest down itself only
+# when there is no OS module or its shutdown failed).
 #
 # Environment (inherited by vcld's state processes):
 #   VCL_WORKER_CLI   the vcl-worker executable (default: vcl-worker on PATH)
@@ -97,25 +101,45 @@ sub retrieve_image {
 	return $self->_result('retrieve_image', $image_name);
 }
 
-# new.pm: the domain is built and started by the VM host's worker, then the
-# guest OS module's post_load runs as at the end of libvirt.pm's load()
+# new.pm: the domain is built and started by the VM host's worker (which waits
+# for the guest to answer SSH but runs no post-load of its own), then the guest
+# OS module's post_load runs as at the end of libvirt.pm's load()
 sub load {
 	my $self = shift;
 	$self->_result('load') or return;
-	if ($self->os->can('post_load') && !$self->os->post_load()) {
-		notify($ERRORS{'WARNING'}, 0, "load: " . ref($self->os) . "->post_load() failed");
+	my $os = $self->os(0);
+	if (!$os || !$os->can('post_load')) {
+		notify($ERRORS{'OK'}, 0, "load: OS post-load tasks not necessary");
+		return 1;
+	}
+	if (!$os->post_load()) {
+		notify($ERRORS{'WARNING'}, 0, "load: " . ref($os) . "->post_load() failed");
 		return;
 	}
 	return 1;
 }
 
-# image.pm: the guest is prepared by the OS module (as libvirt.pm does), the
-# worker shuts it down and writes the new master; image name/type are updated
+# image.pm: as libvirt.pm's capture: Sysprep is never used for a libvirt image
+# (set in vcld's data, which the OS module reads; the database is not changed),
+# the OS module prepares the guest and then shuts it down; the worker writes the
+# new master (shutting the guest down itself only when it is still on) and
+# updates the image name/type
 sub capture {
 	my $self = shift;
-	if ($self->os->can('pre_capture') && !$self->os->pre_capture({end_state => 'on'})) {
-		notify($ERRORS{'WARNING'}, 0, "capture: " . ref($self->os) . "->pre_capture() failed");
+	$self->data->set_imagemeta_sysprep(0);
+	my $os = $self->os(0);
+	if ($os && $os->can('pre_capture') && !$os->pre_capture({end_state => 'on'})) {
+		notify($ERRORS{'WARNING'}, 0, "capture: " . ref($os) . "->pre_capture() failed");
 		return;
+	}
+	if (!$os || !$os->can('shutdown')) {
+		notify($ERRORS{'OK'}, 0, "capture: no OS module to shut the guest down, the worker shuts it down");
+	}
+	elsif ($os->shutdown()) {
+		notify($ERRORS{'OK'}, 0, "capture: " . ref($os) . "->shutdown() powered the guest off");
+	}
+	else {
+		notify($ERRORS{'WARNING'}, 0, "capture: " . ref($os) . "->shutdown() failed, the worker shuts the guest down (ACPI, then power off)");
 	}
 	return $self->_result('capture');
 }
