@@ -1,4 +1,4 @@
-"""``make bench`` / ``python -m bench.run [--only B1,B5] [--repeat N] [--concurrency 1,2,4]``.
+"""``make bench`` / ``python -m bench.run [--only B1,B5,B9H] [--repeat N] [--concurrency 1,2,4]``.
 
 Every figure is a ratio against a baseline measured in the same run (the host is shared and noisy);
 each is repeated and the median reported. Writes bench/results/latest.json and load_latency.png.
@@ -26,14 +26,16 @@ from bench import (
     b7_guest_ready,
     b8_restore,
     b9_scale,
+    b9_two_hosts,
 )
 from bench.common import DISCARDED, default_concurrency
 from bench.stack import RESULTS, bench_stack
 from worker.devkit.libvirt_env import connect
 from worker.hypervisors.domain_type import choose_domain_type
 
-ALL = ("B1", "B2", "B3", "B4", "B5", "B7", "B8", "B9")  # B6 (memory) is sampled during B2
-DEFAULT_REPEAT = {"B1": 15, "B2": 2, "B3": 3, "B4": 3, "B5": 15, "B7": 3, "B8": 5, "B9": 1}
+# B6 (memory) is sampled during B2; B9H is B9 on two real hosts (the second a libvirtd in namespaces).
+ALL = ("B1", "B2", "B3", "B4", "B5", "B7", "B8", "B9", "B9H")
+DEFAULT_REPEAT = {"B1": 15, "B2": 2, "B3": 3, "B4": 3, "B5": 15, "B7": 3, "B8": 5, "B9": 1, "B9H": 2}
 DEFAULT_SWEEP = (2, 4, 6, 8)
 
 
@@ -141,6 +143,8 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         rows.extend(b8_restore.rows(results["B8"]))
     if "B9" in results:
         rows.extend(b9_scale.rows(results["B9"]))
+    if "B9H" in results:
+        rows.extend(b9_two_hosts.rows(results["B9H"]))
     return rows
 
 
@@ -182,7 +186,9 @@ def chart(b1: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    p.add_argument("--only", default=",".join(ALL), help="comma-separated subset of B1..B9 (B6 runs with B2)")
+    p.add_argument(
+        "--only", default=",".join(ALL), help="comma-separated subset of B1..B9, B9H (B6 runs with B2)"
+    )
     p.add_argument("--repeat", type=int, default=None, help="repeats for every selected benchmark")
     p.add_argument("--concurrency", default=",".join(map(str, DEFAULT_SWEEP)), help="B2 sweep")
     p.add_argument("-c", "--worker-concurrency", type=int, default=None,
@@ -220,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             # B8 (real guest) and B9 (20 hosts on test:///default) build stacks of their own too.
             "B8": lambda: b8_restore.run(rep("B8")),
             "B9": lambda: b9_scale.run(),
+            # B9H: real guests split over this host and a second libvirtd in its own namespaces.
+            "B9H": lambda: b9_two_hosts.run(rep("B9H")),
         }
         for name in ALL:
             if name not in only:
@@ -235,15 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     if "B1" in results:
         chart(results["B1"], RESULTS / "load_latency.png")
     rows = table(results)
-    note = f"\n{b7_guest_ready.tcg_note(results['B7'])}\n" if "B7" in results else ""
+    notes = [b7_guest_ready.tcg_note(results["B7"])] if "B7" in results else []
+    notes += [b9_two_hosts.note(results["B9H"])] if "B9H" in results else []
+    note = "".join(f"\n{n}\n" for n in notes)
     (RESULTS / "latest.md").write_text(render(rows, markdown=True) + "\n" + note)
     print()
     m = out["machine"]
     print(f"{m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, {m['accel']}, "
           f"libvirt {m['libvirt']}, QEMU {m['qemu']}; worker concurrency {conc}")  # fmt: skip
     print(render(rows))
-    if "B7" in results:
-        print(b7_guest_ready.tcg_note(results["B7"]))
+    for n in notes:
+        print(n)
     print(
         f"\nresults: {args.out}, {RESULTS / 'latest.md'}" + (", load_latency.png" if "B1" in results else "")
     )
