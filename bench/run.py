@@ -34,8 +34,10 @@ from worker.devkit.libvirt_env import connect
 from worker.hypervisors.domain_type import choose_domain_type
 
 # B6 (memory) is sampled during B2; B9H is B9 on two real hosts (the second a libvirtd in namespaces).
-ALL = ("B1", "B2", "B3", "B4", "B5", "B7", "B8", "B9", "B9H")
-DEFAULT_REPEAT = {"B1": 15, "B2": 2, "B3": 3, "B4": 3, "B5": 15, "B7": 3, "B8": 5, "B9": 1, "B9H": 2}
+# B7D/B8D are B7/B8 on the Debian 12 test image (systemd, OpenSSH) instead of the tiny busybox guest.
+ALL = ("B1", "B2", "B3", "B4", "B5", "B7", "B8", "B7D", "B8D", "B9", "B9H")
+DEFAULT_REPEAT = {"B1": 15, "B2": 2, "B3": 3, "B4": 3, "B5": 15, "B7": 3, "B8": 5, "B7D": 3, "B8D": 3,
+                  "B9": 1, "B9H": 2}  # fmt: skip
 DEFAULT_SWEEP = (2, 4, 6, 8)
 
 
@@ -141,6 +143,10 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         rows.extend(b7_guest_ready.rows(results["B7"]))
     if "B8" in results:
         rows.extend(b8_restore.rows(results["B8"]))
+    if "B7D" in results:
+        rows.extend(b7_guest_ready.rows(results["B7D"]))
+    if "B8D" in results:
+        rows.extend(b8_restore.rows(results["B8D"]))
     if "B9" in results:
         rows.extend(b9_scale.rows(results["B9"]))
     if "B9H" in results:
@@ -186,9 +192,7 @@ def chart(b1: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    p.add_argument(
-        "--only", default=",".join(ALL), help="comma-separated subset of B1..B9, B9H (B6 runs with B2)"
-    )
+    p.add_argument("--only", default=",".join(ALL), help="subset of B1..B9, B7D, B8D, B9H (B6 runs with B2)")
     p.add_argument("--repeat", type=int, default=None, help="repeats for every selected benchmark")
     p.add_argument("--concurrency", default=",".join(map(str, DEFAULT_SWEEP)), help="B2 sweep")
     p.add_argument("-c", "--worker-concurrency", type=int, default=None,
@@ -225,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             "B7": lambda: b7_guest_ready.run(rep("B7")),
             # B8 (real guest) and B9 (20 hosts on test:///default) build stacks of their own too.
             "B8": lambda: b8_restore.run(rep("B8")),
+            "B7D": lambda: b7_guest_ready.run(rep("B7D"), "debian"),
+            "B8D": lambda: b8_restore.run(rep("B8D"), "debian"),
             "B9": lambda: b9_scale.run(),
             # B9H: real guests split over this host and a second libvirtd in its own namespaces.
             "B9H": lambda: b9_two_hosts.run(rep("B9H")),
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if "B1" in results:
         chart(results["B1"], RESULTS / "load_latency.png")
     rows = table(results)
-    notes = [b7_guest_ready.tcg_note(results["B7"])] if "B7" in results else []
+    notes = [b7_guest_ready.tcg_note(results[b]) for b in ("B7", "B7D") if b in results]
     notes += [b9_two_hosts.note(results["B9H"])] if "B9H" in results else []
     note = "".join(f"\n{n}\n" for n in notes)
     (RESULTS / "latest.md").write_text(render(rows, markdown=True) + "\n" + note)

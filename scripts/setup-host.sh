@@ -7,11 +7,11 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_pkgs=()
-# e2fsprogs..openssh-client build the test guest image offline; dnsmasq-base serves libvirt DHCP;
-# tini reaps libvirt's QEMU processes where there is no systemd (start-libvirtd.sh).
+# e2fsprogs..openssh-client build the test guest image offline (mmdebstrap: the Debian 12 one);
+# dnsmasq-base serves libvirt DHCP; tini reaps libvirt's QEMU processes where there is no systemd.
 for pkg in qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev pkg-config \
            libxml2-utils python3-venv \
-           e2fsprogs fdisk grub-pc-bin grub-common openssh-client dnsmasq-base tini; do
+           e2fsprogs fdisk grub-pc-bin grub-common openssh-client mmdebstrap dnsmasq-base tini; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_pkgs+=(mariadb-server)

@@ -10,6 +10,11 @@ finishes only when the guest answers SSH at the computer's ``privateIPaddress`` 
 entry on a private network), and the demo prints that address, the SSH banner and the time to it; the
 capture shuts the live guest down by ACPI. Only with libvirt's test driver (no libvirtd) does the demo
 fall back to a blank master whose simulated domains have no OS to answer.
+
+``VCL_DEMO_GUEST=debian`` (``make demo GUEST=debian``) runs the same cycle on the Debian 12 test image
+(``worker/devkit/debian_image.py``: systemd, OpenSSH, ifupdown; built with mmdebstrap, ~2.5 min the
+first time, then cached) instead of the tiny busybox guest (``tiny``, the default). Under TCG each of
+its two boots (load, reload) takes minutes, not seconds.
 """
 
 from __future__ import annotations
@@ -36,6 +41,32 @@ DEMO_SHORT = "demovm1"
 # The real guest powers off on ACPI in seconds; the blank (simulated) one never does.
 GUEST_SHUTDOWN_TIMEOUT = 60
 GUEST_READY_TIMEOUT = 180
+
+
+@dataclass(frozen=True)
+class DemoGuest:
+    """Which real guest the demo loads (``VCL_DEMO_GUEST``) and the budgets its boots need."""
+
+    name: str
+    title: str
+    ready_timeout: int  # seconds to SSH (VCL_READY_TIMEOUT overrides it)
+    shutdown_timeout: int  # seconds the capture's ACPI shutdown may take
+    minram: int  # MB (image.minram)
+    prettyname: str  # image.prettyname (the image name VCL derives from it shows in the summary)
+
+
+DEMO_GUESTS = {
+    "tiny": DemoGuest(
+        "tiny",
+        "the tiny busybox test guest",
+        GUEST_READY_TIMEOUT,
+        GUEST_SHUTDOWN_TIMEOUT,
+        256,
+        "CentOS 7 Base",
+    ),
+    # systemd under TCG on a busy 2-core host: SSH after ~1-3.5 min, ACPI off in up to ~30 s.
+    "debian": DemoGuest("debian", "the Debian 12 test image", 900, 180, 512, "Debian 12"),
+}
 
 
 @dataclass
@@ -69,9 +100,21 @@ def _libvirt_uri(console: Console) -> str:
         return "test:///default"
 
 
+def demo_guest(console: Console) -> DemoGuest | None:
+    """The guest ``VCL_DEMO_GUEST`` names (``tiny`` when unset); None, said, for an unknown name."""
+    name = (os.environ.get("VCL_DEMO_GUEST") or "tiny").strip().lower()
+    if name not in DEMO_GUESTS:
+        console.print(f"[bold red]VCL_DEMO_GUEST={name!r}: use one of {', '.join(DEMO_GUESTS)}[/]")
+        return None
+    return DEMO_GUESTS[name]
+
+
 def run_demo(*, keep: bool = False) -> int:
     # A pipe or CI log gets a wide table instead of rich's 80-column fallback.
     console = Console(width=None if sys.stdout.isatty() else 150)
+    guest = demo_guest(console)
+    if guest is None:
+        return 2
     # memory:// has no host name; kombu says so on every connection.
     logging.getLogger("kombu.connection").setLevel(logging.ERROR)
     console.rule("[bold]vcl-worker demo: dispatch → load → capture → reload → maintenance")
@@ -91,17 +134,17 @@ def run_demo(*, keep: bool = False) -> int:
         libvirt_uri=uri,
         lock_dir=str(workdir / "locks"),
         shutdown_timeout=int(
-            os.environ.get("VCL_SHUTDOWN_TIMEOUT", str(GUEST_SHUTDOWN_TIMEOUT if real else 3))
+            os.environ.get("VCL_SHUTDOWN_TIMEOUT", str(guest.shutdown_timeout if real else 3))
         ),
         shutdown_retry_interval=1 if not real else 5,
         # The real guest is waited for (SSH banner); the simulated domains have no OS to answer.
         wait_for_guest=real,
-        ready_timeout=int(os.environ.get("VCL_READY_TIMEOUT", str(GUEST_READY_TIMEOUT))),
+        ready_timeout=int(os.environ.get("VCL_READY_TIMEOUT", str(guest.ready_timeout))),
     )
     console.print(f"libvirt: [bold]{uri}[/]   database: {db_path}   datastore: {datastore}")
     cleanup: list[Callable[[], object]] = []
     try:
-        site = _demo_site(console, settings, datastore, cleanup)
+        site = _demo_site(console, settings, datastore, cleanup, guest)
         return _run_cycle(console, settings, site)
     finally:
         if keep:
@@ -122,10 +165,14 @@ class DemoSite:
 
 
 def _demo_site(
-    console: Console, settings: Settings, datastore: Path, cleanup: list[Callable[[], object]]
+    console: Console,
+    settings: Settings,
+    datastore: Path,
+    cleanup: list[Callable[[], object]],
+    guest: DemoGuest,
 ) -> DemoSite:
     """The SQLite VCL database seeded with one VM host and computer ``demovm1``; its master is the
-    real guest on ``qemu:///system`` (a DHCP network pins the computer's address), else blank."""
+    real ``guest`` on ``qemu:///system`` (a DHCP network pins the computer's address), else blank."""
     from worker.db.engine import make_engine, make_session_factory
     from worker.db.seed import create_demo_schema, seed_site
     from worker.db.store import VclStore
@@ -143,16 +190,24 @@ def _demo_site(
         console.print(f"seeded site: VM host demohost, computer {DEMO_SHORT}, image {site.imagename} (blank)")
         return DemoSite(site, VclStore(sf), SiteRequests(sf=sf, site=site), guest=False)
 
-    from worker.devkit.guest_image import ensure_guest_image
     from worker.devkit.guest_master import install_guest_master
     from worker.devkit.guest_network import create_dhcp_network, remove_network
     from worker.devkit.libvirt_env import cleanup_domains, connect
 
     building = Stopwatch()
-    image = ensure_guest_image()
+    if guest.name == "debian":
+        from worker.devkit.debian_image import ensure_debian_image
+
+        console.print("Debian 12 test image: building it with mmdebstrap when not cached (~2.5 min) ...")
+        image = ensure_debian_image()
+    else:
+        from worker.devkit.guest_image import ensure_guest_image
+
+        image = ensure_guest_image()
     how = "cached" if image.cached else f"built in {building.elapsed():.0f} s"
     console.print(
-        f"test guest: {image.path} ({how}; kernel {image.kernel_version}, SSH key {image.private_key})"
+        f"{guest.title}: {image.path} ({how}; kernel {image.kernel_version}, SSH key {image.private_key}); "
+        f"readiness budget {settings.ready_timeout} s"
     )
     conn = connect(settings.libvirt_uri)
     net = create_dhcp_network(conn, DEMO_NETWORK)
@@ -162,13 +217,14 @@ def _demo_site(
     cleanup.append(lambda: cleanup_domains(f"{DEMO_SHORT}_", settings.libvirt_uri))
     spec = host_site_spec(
         datastore, net.name, "demohost", hostnames, virtualswitch1="", vm_ip_prefix=net.prefix,
-        vm_ip_start=20, image_minram=256, management_node_keys=str(image.private_key),
+        vm_ip_start=20, image_minram=guest.minram, management_node_keys=str(image.private_key),
+        image_prettyname=guest.prettyname,
     )  # fmt: skip
     site = seed_site(sf, spec)
     install_guest_master(image, datastore, site.imagename)
     console.print(
         f"seeded site: VM host demohost, computer {DEMO_SHORT} (privateIPaddress {net.host_ip(20)} on "
-        f"network {net.name}, {net.subnet}), image {site.imagename} = the test guest"
+        f"network {net.name}, {net.subnet}), image {site.imagename} = {guest.title}"
     )
     return DemoSite(site, VclStore(sf), SiteRequests(sf=sf, site=site), guest=True)
 
@@ -231,7 +287,9 @@ def _run_cycle(console: Console, settings: Settings, demo: DemoSite) -> int:
             return False
         d = enqueued[0]
         console.print(f"[bold]{step}[/]: request {d.request_id} ({d.state}) → {d.task_name} on {d.queue}")
-        state, value = wait_with_progress(app.AsyncResult(d.task_id), timeout=600)
+        # A step may wait a whole readiness budget for its guest, plus the copies around it.
+        step_timeout = max(600, settings.ready_timeout + settings.shutdown_timeout + 300)
+        state, value = wait_with_progress(app.AsyncResult(d.task_id), timeout=step_timeout)
         seconds = step_clock.elapsed()
         states = store.request_states(d.request_id)
         detail = value.get("detail", "") if isinstance(value, dict) else str(value)

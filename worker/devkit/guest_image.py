@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,16 @@ from filelock import FileLock
 from worker.devkit import guest_debs, guest_disk, guest_rootfs
 from worker.devkit.guest_debs import GuestBuildError, PackageRef
 
-__all__ = ["GuestBuildError", "GuestImage", "default_cache_dir", "ensure_guest_image"]
+__all__ = [
+    "GuestBuildError",
+    "GuestImage",
+    "build_cached",
+    "default_cache_dir",
+    "ensure_guest_image",
+    "load_image",
+    "make_key",
+    "write_meta",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +89,8 @@ def _inputs_hash(refs: list[PackageRef]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def _load(final: Path, *, cached: bool) -> GuestImage:
+def load_image(final: Path, *, cached: bool) -> GuestImage:
+    """The published build in ``final`` (its qcow2, key and ``meta.json``)."""
     meta = json.loads((final / META_NAME).read_text())
     return GuestImage(
         path=final / QCOW2_NAME,
@@ -105,23 +116,34 @@ def ensure_guest_image(cache_dir: Path | str | None = None) -> GuestImage:
     _mkdir(cache)
     refs = guest_debs.resolve_cached(PACKAGES, cache / "resolved.json")
     key = _inputs_hash(refs)
+    return build_cached(cache, key, lambda work, out: _build(refs, cache / "debs", work, out, key))
+
+
+def build_cached(cache: Path, key: str, build: Callable[[Path, Path], None]) -> GuestImage:
+    """The build ``key`` under ``cache``/images, made first by ``build(work, out)`` when absent.
+
+    ``build`` fills ``out`` (the qcow2, the key pair via :func:`make_key`, ``meta.json`` via
+    :func:`write_meta`) using ``work`` for scratch files. One build at a time per cache (a file lock:
+    a concurrent caller waits, then finds it built); the result is published with an atomic rename.
+    """
     final = cache / "images" / key
     if (final / META_NAME).is_file():
-        return _load(final, cached=True)
+        return load_image(final, cached=True)
+    _mkdir(cache)
     _mkdir(cache / "images")
     with FileLock(str(cache / "build.lock")):
         if (final / META_NAME).is_file():  # another process built it while we waited
-            return _load(final, cached=True)
+            return load_image(final, cached=True)
         _mkdir(cache / "tmp")
         for stale in (cache / "tmp").iterdir():  # leftovers of a killed build (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
         with tempfile.TemporaryDirectory(dir=cache / "tmp", prefix="build-") as tmp:
             out = Path(tmp) / "out"
             _mkdir(out)
-            _build(refs, cache / "debs", Path(tmp), out, key)
+            build(Path(tmp), out)
             os.replace(out, final)
         _prune_old(cache / "images", keep=KEEP_IMAGES)
-    return _load(final, cached=False)
+    return load_image(final, cached=False)
 
 
 def _prune_old(images: Path, keep: int) -> None:
@@ -131,6 +153,32 @@ def _prune_old(images: Path, keep: int) -> None:
     )
     for old in builds[keep:]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def make_key(out: Path, comment: str) -> str:
+    """A fresh ed25519 key pair in ``out`` (the private key is root's way in); the public key."""
+    guest_debs.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(out / KEY_NAME)])
+    os.chmod(out / f"{KEY_NAME}.pub", 0o644)
+    return (out / f"{KEY_NAME}.pub").read_text()
+
+
+def write_meta(
+    out: Path, key: str, *, build_seconds: float, kernel_version: str, packages: list[list[str]]
+) -> None:
+    """``meta.json`` of a finished build in ``out`` (with the SHA256 of its qcow2)."""
+    h = hashlib.sha256()
+    with (out / QCOW2_NAME).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    meta = {
+        "inputs_hash": key,
+        "content_hash": h.hexdigest(),
+        "build_seconds": round(build_seconds, 3),
+        "kernel_version": kernel_version,
+        "packages": packages,
+    }
+    (out / META_NAME).write_text(json.dumps(meta, indent=1))
+    os.chmod(out / META_NAME, 0o644)
 
 
 def _build(refs: list[PackageRef], deb_dir: Path, work: Path, out: Path, key: str) -> None:
@@ -143,10 +191,7 @@ def _build(refs: list[PackageRef], deb_dir: Path, work: Path, out: Path, key: st
     kernels = [r.name for r in refs if r.name.startswith("linux-image-") and r.name != PACKAGES[0]]
     if len(kernels) != 1:
         raise GuestBuildError(f"expected one versioned kernel package, got {kernels}")
-    guest_debs.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vcl-test-guest", "-f", str(out / KEY_NAME)]
-    )
-    public_key = (out / f"{KEY_NAME}.pub").read_text()
+    public_key = make_key(out, "vcl-test-guest")
     tree = work / "root"
     tree.mkdir()
     version = guest_rootfs.populate(
@@ -154,18 +199,7 @@ def _build(refs: list[PackageRef], deb_dir: Path, work: Path, out: Path, key: st
     )
     shutil.rmtree(work / "pkgs")
     guest_disk.make_disk(tree, work, out / QCOW2_NAME, DISK_MIB, LABEL)
-    h = hashlib.sha256()
-    with (out / QCOW2_NAME).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    os.chmod(out / f"{KEY_NAME}.pub", 0o644)
-    meta = {
-        "inputs_hash": key,
-        "content_hash": h.hexdigest(),
-        "build_seconds": round(time.monotonic() - start, 3),
-        "kernel_version": version,
-        "packages": [[r.name, r.version] for r in refs],
-    }
-    (out / META_NAME).write_text(json.dumps(meta, indent=1))
-    os.chmod(out / META_NAME, 0o644)
-    log.info("built the test guest image %s in %.1f s", key[:12], meta["build_seconds"])
+    seconds = time.monotonic() - start
+    packages = [[r.name, r.version] for r in refs]
+    write_meta(out, key, build_seconds=seconds, kernel_version=version, packages=packages)
+    log.info("built the test guest image %s in %.1f s", key[:12], seconds)

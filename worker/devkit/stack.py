@@ -34,6 +34,7 @@ from worker.db.seed import seed_site
 from worker.db.store import VclStore
 from worker.devkit.celery_worker import CeleryWorker, start_celery_worker
 from worker.devkit.database import MARIADB_PORT, create_test_database, drop_test_database
+from worker.devkit.debian_image import ensure_debian_image
 from worker.devkit.guest_image import GuestImage, ensure_guest_image
 from worker.devkit.guest_master import install_guest_master
 from worker.devkit.guest_network import create_dhcp_network
@@ -75,6 +76,9 @@ class StackConfig:
     # host entries pin each computer's privateIPaddress, managementnode.keys = the guest's SSH key, and
     # loads that finish only when the guest answers SSH.
     guest: bool = False
+    # Which real guest when ``guest``: "tiny" (busybox, boots in ~15 s under TCG) or "debian" (the
+    # Debian 12 image of :mod:`worker.devkit.debian_image`: systemd, OpenSSH; 512 MiB; ~a minute).
+    guest_os: str = "tiny"
     # The blank guests have no OS and never answer ACPI: destroy them after seconds, not a minute.
     # None: 2 s for blank guests, 60 s for the real guest (it honours ACPI; destroying it after 2 s
     # would capture a disk that was never cleanly shut down).
@@ -226,6 +230,16 @@ def _quietly(fn: Callable[..., object], *args: Any) -> None:
         print(f"stack cleanup {getattr(fn, '__name__', fn)}{args}: {exc}", file=sys.stderr)
 
 
+def _guest_image(config: StackConfig) -> GuestImage | None:
+    if not config.guest:
+        return None
+    if config.guest_os == "debian":
+        return ensure_debian_image()
+    if config.guest_os != "tiny":
+        raise ValueError(f"StackConfig.guest_os: {config.guest_os!r} is neither 'tiny' nor 'debian'")
+    return ensure_guest_image()
+
+
 def _shutdown_timeout(config: StackConfig) -> int:
     if config.shutdown_timeout is not None:
         return config.shutdown_timeout
@@ -302,7 +316,7 @@ def _build(config: StackConfig, cls: type[S], cleanup: contextlib.ExitStack, ext
     if config.repository:
         repository = make_datastore(f"{datastore.name}-repo", IMAGES_ROOT)
         defer(remove_datastore, repository)
-    guest_image = ensure_guest_image() if config.guest else None
+    guest_image = _guest_image(config)
     guest_fields: dict[str, Any] = {}
     if guest_image is not None:
         conn = connect()
@@ -310,7 +324,8 @@ def _build(config: StackConfig, cls: type[S], cleanup: contextlib.ExitStack, ext
         defer(remove_dhcp_network, conn, dhcp.name)
         network = dhcp.name
         guest_fields = {
-            "vm_ip_prefix": dhcp.prefix, "vm_ip_start": 20, "virtualswitch1": "", "image_minram": 256,
+            "vm_ip_prefix": dhcp.prefix, "vm_ip_start": 20, "virtualswitch1": "",
+            "image_minram": 512 if config.guest_os == "debian" else 256,
             "management_node_keys": str(guest_image.private_key),
         }  # fmt: skip
     else:
@@ -326,7 +341,7 @@ def _build(config: StackConfig, cls: type[S], cleanup: contextlib.ExitStack, ext
         shutdown_retry_interval=1, lock_wait=config.lock_wait,
         # Blank masters have no OS to answer: only a real guest is waited for.
         wait_for_guest=config.guest or config.master_source is not None,
-        ready_timeout=180 if config.guest else 0,
+        ready_timeout=(600 if config.guest_os == "debian" else 180) if config.guest else 0,
     )  # fmt: skip
     env = {**os.environ, **settings.to_env(), **config.env}
     # A failpoint left in the caller's environment would kill every worker the stack starts.
