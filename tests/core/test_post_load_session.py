@@ -69,7 +69,7 @@ def _run(post_load: str) -> float:
 def test_first_step_runs_on_post_loads_one_session(fake_shell: type[_FakeShell]) -> None:
     _run("ssh")
     assert len(fake_shell.sessions) == 1
-    assert [argv[0] for argv in fake_shell.sessions[0]] == ["date", "hostname", "tee", "tee"]
+    assert [argv[0] for argv in fake_shell.sessions[0]] == ["date", "sh"]
 
 
 def test_first_step_alone_when_post_load_does_not_log_in(fake_shell: type[_FakeShell]) -> None:

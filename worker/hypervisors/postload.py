@@ -202,6 +202,10 @@ def check_host_key(address: str, port: int, pin: HostKeyPin, timeout: float = 10
     pin.apply(address, key)
 
 
+# $1: the hostname, $2: currentimage.txt's path (its content on stdin).
+_POST_LOAD_SCRIPT = 'hostname "$1" && printf "%s\\n" "$1" > /etc/hostname && cat > "$2"'
+
+
 def ssh_post_load(
     r: Reservation, address: str, first: SessionStep | None = None, *, host_keys: HostKeyPin | None = None
 ) -> None:
@@ -218,9 +222,12 @@ def ssh_post_load(
     with GuestShell(login) as shell:
         if first is not None:
             first(shell)
-        shell.check(["hostname", r.computer_short_name])
-        shell.check(["tee", "/etc/hostname"], stdin=r.computer_short_name + "\n")
-        shell.check(["tee", CURRENTIMAGE_PATH], stdin=currentimage_text(r, datetime.now(UTC)))
+        # One command, not three: every exec is a process started by the guest's sshd (a PAM
+        # session on a distribution), ~0.3 s each under TCG. Values go in as arguments, not code.
+        shell.check(
+            ["sh", "-c", _POST_LOAD_SCRIPT, "post-load", r.computer_short_name, CURRENTIMAGE_PATH],
+            stdin=currentimage_text(r, datetime.now(UTC)),
+        )
     log.info("%s: post-load done in %.1f s", r.computer_short_name, watch.elapsed())
 
 
