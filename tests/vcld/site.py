@@ -1,5 +1,7 @@
-"""The VCL site the vcld tests run: VCL's web database (seeded by its runner) turned into two KVM hosts
-with one libvirt VM each, both provisioned through the bridge, real guests on an isolated network."""
+"""The VCL site the vcld tests run: VCL's web database (seeded by its runner) turned into one or two
+KVM hosts with one libvirt VM each, all provisioned through the bridge, real guests on isolated
+networks. Host 2 may be a real second VM host (its own libvirtd in its own namespaces, see
+:mod:`worker.devkit.second_host`); the site may have an image repository both hosts see."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from sqlalchemy import Engine, text
 
 from tests.vcld.runners import REGISTER_SQL, Vcld, VclWeb
 from worker.devkit.celery_worker import CeleryWorker
-from worker.devkit.guest_network import DhcpNetwork
+from worker.devkit.libvirt_env import SYSTEM_URI
+from worker.devkit.second_host import SecondHost
 
 IMAGE_ID, FIRST_IMAGENAME = 101, "linux-ProbeKVM-101-v0"
 T = TypeVar("T")
@@ -24,6 +27,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Host:
+    """A VM host of the site and its one VM; paths are as the host itself sees them."""
+
     computer_id: int
     vmhost_id: int
     short: str
@@ -31,6 +36,18 @@ class Host:
     vm_id: int
     vm_short: str
     vm_ip: str
+    network: str  # its libvirt network (the vmprofile's virtualswitch0/1)
+    host_address: str  # the host's own address on that network (what its guests see us as)
+    vm_ram: int = 2048  # computer.RAM of its VM (the web allocates the smallest that fits first)
+    machine: SecondHost | None = None  # None: this machine's libvirtd
+
+    @property
+    def uri(self) -> str:
+        return SYSTEM_URI if self.machine is None else self.machine.uri
+
+    def here(self, path: Path | str) -> Path:
+        """Where a path of this host lies for the tests' (the first host's) processes."""
+        return Path(path) if self.machine is None else self.machine.on_host(path)
 
 
 _SITE_SQL = """
@@ -43,13 +60,19 @@ DELETE FROM computerloadlog; DELETE FROM reservation; DELETE FROM request;
 {register}
 -- user vclprobe holds two reservations at once in the two-host test (group 'global')
 UPDATE usergroup SET overlapResCount = 2 WHERE id = 1;
--- the runner's probe OS module (guest-side steps only logged) for image 101
+"""
+PROBE_OS = "probelinux"
+# The runner's probe OS module (guest-side steps only logged), registered as an OS row.
+_PROBE_OS_SQL = """
 INSERT INTO module (name, prettyname, description, perlpackage)
 VALUES ('os_probe', 'Probe Linux OS', 'Linux with guest steps stubbed', 'VCL::Module::OS::Linux::probe');
 INSERT INTO OS (name, prettyname, type, installtype, minram, sourcepath, moduleid)
 VALUES ('probelinux', 'Probe Linux (guest steps stubbed)', 'linux', 'vmware', 512, 'vmware_images',
         LAST_INSERT_ID());
-UPDATE image SET OSid = (SELECT id FROM OS WHERE name = 'probelinux'), minram = 512 WHERE id = 101;
+"""
+# Image 101 on an OS row (hence its OS module) and with its minimum RAM (the guest's memory).
+_IMAGE_SQL = """
+UPDATE image SET OSid = (SELECT id FROM OS WHERE name = '{os}'), minram = {minram} WHERE id = 101;
 """
 _COPIED = (
     "stateid, ownerid, platformid, scheduleid, currentimageid, nextimageid, imagerevisionid, RAM, "
@@ -80,24 +103,45 @@ INSERT IGNORE INTO vmprofile (profilename, imageid, repositoryimagetypeid, datas
                               datastoreimagetypeid, vmpath, virtualswitch0, virtualswitch1, vmdisk)
 SELECT 'bridge {short}', imageid, repositoryimagetypeid, '{ds}', datastoreimagetypeid, '{ds}', '{net}',
        '{net}', vmdisk FROM vmprofile WHERE profilename = 'KVM - local storage';
+UPDATE vmprofile SET repositorypath = {repo} WHERE profilename = 'bridge {short}';
 UPDATE vmhost SET vmprofileid = (SELECT id FROM vmprofile WHERE profilename = 'bridge {short}')
  WHERE id = {vmhost};
 UPDATE computer SET hostname = '{short}.example.org' WHERE id = {cid};
 UPDATE computer SET hostname = '{vm_short}.example.org', IPaddress = '{ip}', privateIPaddress = '{ip}',
-       eth0macaddress = '{mac0}', eth1macaddress = '{mac1}', vmhostid = {vmhost}, stateid = 2, RAM = 2048,
+       eth0macaddress = '{mac0}', eth1macaddress = '{mac1}', vmhostid = {vmhost}, stateid = 2, RAM = {ram},
        provisioningid = (SELECT id FROM provisioning WHERE name = 'vcl_worker')
  WHERE id = {vm};
 """
 
 
-def overlay_sql(fqdn: str, key: Path, install: Path, net: DhcpNetwork, hosts: list[Host]) -> str:
-    """What an admin does to a fresh VCL site to run it through the bridge (plus the probe OS)."""
+def overlay_sql(
+    fqdn: str,
+    key: Path,
+    install: Path,
+    hosts: list[Host],
+    *,
+    repository: Path | None = None,
+    os_name: str = PROBE_OS,
+    minram: int = 512,
+    mac_seed: int = 0,
+) -> str:
+    """What an admin does to a fresh VCL site to run it through the bridge: the management node, the
+    bridge's module rows, the hosts with their VMs (vmprofile per host; ``repository``: every
+    profile's repositorypath), image 101 on OS ``os_name`` (the runner's probe module when
+    :data:`PROBE_OS`). ``mac_seed`` (a byte) makes the VMs' MACs this site's own: the worker finds a
+    computer's domains by MAC on the host's libvirtd, which other sites' guests may share."""
     out = [_SITE_SQL.format(fqdn=fqdn, key=key, install=install, register=REGISTER_SQL.read_text())]
+    if os_name == PROBE_OS:
+        out.append(_PROBE_OS_SQL)
+    out.append(_IMAGE_SQL.format(os=os_name, minram=int(minram)))
+    repo = "NULL" if repository is None else f"'{repository}'"
     for i, h in enumerate(hosts, 1):
         values = {
-            "short": h.short, "ds": h.datastore, "net": net.name, "cols": _COPIED, "cid": h.computer_id,
+            "short": h.short, "ds": h.datastore, "net": h.network, "cols": _COPIED, "cid": h.computer_id,
             "i": i, "vmhost": h.vmhost_id, "vm": h.vm_id, "vm_short": h.vm_short, "ip": h.vm_ip,
-            "mac0": f"52:54:00:00:{h.vm_id:02x}:{i:02x}", "mac1": f"52:54:01:00:{h.vm_id:02x}:{i:02x}",
+            "mac0": f"52:54:00:{mac_seed:02x}:{h.vm_id:02x}:{i:02x}",
+            "mac1": f"52:54:01:{mac_seed:02x}:{h.vm_id:02x}:{i:02x}",
+            "repo": repo, "ram": int(h.vm_ram),
         }  # fmt: skip
         if h.computer_id != 101:
             out.append(_SECOND_HOST_SQL.format(**values))
@@ -115,6 +159,7 @@ class BridgeSite:
     results_redis_url: str
     private_key: Path
     timings: dict[str, Any] = field(default_factory=dict)
+    repository: Path | None = None  # the vmprofiles' repositorypath (the same path on every host)
 
     def one(self, query: str, **params: Any) -> Any:
         with self.engine.connect() as c:
@@ -175,7 +220,9 @@ class BridgeSite:
         return sorted(out, key=lambda m: str(m["date_done"]))
 
     def domains(self, short: str) -> dict[str, int]:
-        conn = libvirt.open("qemu:///system")
+        """{name: state} of the VM ``short``'s domains, on its own host's libvirtd."""
+        uri = next((h.uri for h in self.hosts if h.vm_short == short), SYSTEM_URI)
+        conn = libvirt.open(uri)
         try:
             return {
                 d.name(): d.state()[0] for d in conn.listAllDomains(0) if d.name().startswith(short + "_")

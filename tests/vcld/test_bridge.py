@@ -4,7 +4,7 @@ unchanged vcld processes them with ``VCL::Module::Provisioning::vcl_worker``, an
 
 The guest-side OS module is the runner's probe (``VCLD_OS=probe``): vcld's real Linux module needs a
 guest with useradd, iptables, sshd configuration etc. that the busybox test guest does not have.
-The tests run in file order and share one site (session fixture).
+The tests run in file order and share one site (module fixture).
 """
 
 from __future__ import annotations
@@ -14,58 +14,19 @@ from typing import Any
 
 import pytest
 
-from tests.vcld.site import IMAGE_ID, BridgeSite
+from tests.vcld.site import FIRST_IMAGENAME, IMAGE_ID, BridgeSite
+from tests.vcld.steps import READY_TIMEOUT, add, available, ready, shares, shell, wait_available, wait_ready
 from worker.devkit.images import qemu_img_info
-from worker.hypervisors.postload import GuestLogin, GuestShell
 
 pytestmark = [pytest.mark.vcld, pytest.mark.slow]
-READY_TIMEOUT = 900
 SHARED: dict[str, Any] = {}
 LIBVIRT_ROWS = {"startload", "transfervm", "vmsetupconfig", "startvm"}
 
 
-def _add(site: BridgeSite) -> tuple[int, float]:
-    t0 = time.monotonic()
-    res = site.web.rpc("XMLRPCaddRequest", IMAGE_ID, "now", 60)
-    assert res.get("status") == "success", res
-    return int(res["requestid"]), t0
-
-
-def _ready(site: BridgeSite, request_id: int) -> bool:
-    status = site.status(request_id)
-    if status in ("failed", "timedout", "error"):
-        raise AssertionError(f"request {request_id} {status}:\n{site.vcld.tail()}")
-    return status == "ready"
-
-
-def _shell(site: BridgeSite, address: str) -> GuestShell:
-    return GuestShell(GuestLogin(address=address, key_files=(str(site.private_key),)))
-
-
-def _available(site: BridgeSite, vm_id: int) -> bool:
-    """The computer is available and no request of it is left to process."""
-    active = site.one(
-        "SELECT COUNT(*) FROM request r JOIN reservation v ON v.requestid = r.id"
-        " JOIN state s ON s.id = r.stateid"
-        " WHERE v.computerid = :c AND s.name NOT IN ('complete', 'failed')",
-        c=vm_id,
-    )[0]
-    return site.computer(vm_id).state == "available" and active == 0
-
-
-def _shares(site: BridgeSite, reservation_id: int, total: float) -> dict[str, float]:
-    """Where the time from XMLRPCaddRequest to 'ready' went: worker tasks, guest boot, the rest."""
-    calls = site.calls(reservation_id)
-    worker = sum(float(c["timings"].get("total", 0.0)) for c in calls)
-    guest = sum(float(c["timings"].get("core_guest_ready", 0.0)) for c in calls)
-    return {"total": round(total, 1), "worker (vcl.call tasks)": round(worker - guest, 1),
-            "guest boot to SSH": round(guest, 1), "vcld + bridge CLI": round(total - worker, 1)}  # fmt: skip
-
-
 def test_web_reservation_becomes_ready_through_the_bridge(bridge_site: BridgeSite) -> None:
     site = bridge_site
-    request_id, t0 = _add(site)
-    site.wait(f"request {request_id} ready", lambda: _ready(site, request_id), READY_TIMEOUT)
+    request_id, t0 = add(site)
+    site.wait(f"request {request_id} ready", lambda: ready(site, request_id), READY_TIMEOUT)
     elapsed = time.monotonic() - t0
     res = site.reservation(request_id)
     host = site.host_of_vm(res.computerid)
@@ -84,15 +45,20 @@ def test_web_reservation_becomes_ready_through_the_bridge(bridge_site: BridgeSit
     assert rows >= LIBVIRT_ROWS, rows
     running = [n for n, st in site.domains(host.vm_short).items() if st == 1]
     assert running == [f"{host.vm_short}_ProbeKVMLinux_{IMAGE_ID}-v0"], running
-    with _shell(site, host.vm_ip) as sh:
-        assert "imagerevision_id=101" in sh.check(["cat", "/root/currentimage.txt"])
-    shares = _shares(site, res.id, elapsed)
+    # The guest runs on an overlay of revision 0's master and answers with the site's key (the
+    # worker runs no post-load of its own for vcld: currentimage.txt is the OS module's, here the probe).
+    overlay = host.datastore / f"{host.vm_short}_{IMAGE_ID}-v0.qcow2"
+    backing = qemu_img_info(overlay)["full-backing-filename"]
+    assert backing == str(host.datastore / f"{FIRST_IMAGENAME}.qcow2"), backing
+    with shell(site, host.vm_ip) as sh:
+        sh.check(["true"])
+    split = shares(site, res.id, elapsed)
     # vcld's estimate for the same load: the web sums computerloadstate.est over the VM load flow
     est = site.all(
         "SELECT s.loadstatename, s.est FROM computerloadflow f"
         " JOIN computerloadstate s ON s.id = f.computerloadstateid WHERE f.type = 'virtualmachine'"
     )
-    site.timings["XMLRPCaddRequest -> ready (s)"] = shares
+    site.timings["XMLRPCaddRequest -> ready (s)"] = split
     site.timings["VCL's estimate, sum of computerloadstate.est over the VM flow (s)"] = sum(
         int(r[1] or 0) for r in est
     )
@@ -109,11 +75,11 @@ def test_end_makes_vcld_reclaim_and_reload_a_fresh_disk(bridge_site: BridgeSite)
     # the user connects (what the web's Connect button calls) -> reserved.pm -> inuse
     site.web.rpc("XMLRPCgetRequestConnectData", request_id, "127.0.0.1")
     site.wait("request inuse", lambda: (site.request_state(request_id) or ("",))[0] == "inuse", 300)
-    with _shell(site, host.vm_ip) as sh:
+    with shell(site, host.vm_ip) as sh:
         sh.check(["touch", "/root/left-by-user"])
     t_end = time.time()
     assert site.web.rpc("XMLRPCendRequest", request_id).get("status") == "success"
-    site.wait("computer reloaded and available", lambda: _available(site, vm_id), READY_TIMEOUT, 2)
+    site.wait("computer reloaded and available", lambda: available(site, vm_id), READY_TIMEOUT, 2)
     reloads = [c for c in site.calls() if c["method"] == "load" and c["reservation_id"] != reservation_id
                and host.vm_short in c["detail"]]  # fmt: skip
     assert reloads and reloads[-1]["ok"], reloads
@@ -121,7 +87,7 @@ def test_end_makes_vcld_reclaim_and_reload_a_fresh_disk(bridge_site: BridgeSite)
     # The reload rebuilt the disk (never vcld's READY shortcut, never a kept overlay): the proof is in
     # the guest below; inode numbers are no proof (the filesystem reuses a deleted file's number).
     assert "skipped" not in str(reloads[-1].get("detail", "")), reloads[-1]
-    with _shell(site, host.vm_ip) as sh:
+    with shell(site, host.vm_ip) as sh:
         assert sh.run(["test", "-e", "/root/left-by-user"])[0] != 0, "previous user's file survived"
     site.timings["XMLRPCendRequest -> available after reload (s)"] = round(time.time() - t_end, 1)
 
@@ -129,10 +95,10 @@ def test_end_makes_vcld_reclaim_and_reload_a_fresh_disk(bridge_site: BridgeSite)
 def test_two_vm_hosts_each_reservation_on_its_own_queue(bridge_site: BridgeSite) -> None:
     site = bridge_site
     for h in site.hosts:
-        site.wait(f"{h.vm_short} available", lambda h=h: _available(site, h.vm_id), READY_TIMEOUT, 2)
-    (req_a, t0), (req_b, _) = _add(site), _add(site)
+        wait_available(site, h.vm_id)
+    (req_a, t0), (req_b, _) = add(site), add(site)
     for req in (req_a, req_b):
-        site.wait(f"request {req} ready", lambda req=req: _ready(site, req), READY_TIMEOUT)
+        wait_ready(site, req)
     site.timings["two reservations at once -> both ready (s)"] = round(time.monotonic() - t0, 1)
     res = [site.reservation(r) for r in (req_a, req_b)]
     assert {r.computerid for r in res} == {h.vm_id for h in site.hosts}
@@ -149,13 +115,13 @@ def test_two_vm_hosts_each_reservation_on_its_own_queue(bridge_site: BridgeSite)
     for req in (req_a, req_b):
         assert site.web.rpc("XMLRPCendRequest", req).get("status") == "success"
     for h in site.hosts:
-        site.wait(f"{h.vm_short} available", lambda h=h: _available(site, h.vm_id), READY_TIMEOUT, 2)
+        wait_available(site, h.vm_id)
 
 
 def test_capture_through_the_web_completes_through_the_bridge(bridge_site: BridgeSite) -> None:
     site = bridge_site
-    request_id, _ = _add(site)
-    site.wait(f"request {request_id} ready", lambda: _ready(site, request_id), READY_TIMEOUT)
+    request_id, _ = add(site)
+    site.wait(f"request {request_id} ready", lambda: ready(site, request_id), READY_TIMEOUT)
     res = site.reservation(request_id)
     host = site.host_of_vm(res.computerid)
     site.web.rpc("XMLRPCgetRequestConnectData", request_id, "127.0.0.1")
@@ -169,7 +135,7 @@ def test_capture_through_the_web_completes_through_the_bridge(bridge_site: Bridg
         return row if row is not None and row.deleted == 0 else None
 
     site.wait("new revision captured", captured, READY_TIMEOUT, 2)
-    site.wait("reload of the new revision", lambda: _available(site, res.computerid), READY_TIMEOUT, 2)
+    site.wait("reload of the new revision", lambda: available(site, res.computerid), READY_TIMEOUT, 2)
     site.timings["capture request -> captured, reloaded, available (s)"] = round(time.time() - t0, 1)
     imagename = captured().imagename
     master = host.datastore / f"{imagename}.qcow2"
