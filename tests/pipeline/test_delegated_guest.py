@@ -29,8 +29,10 @@ from worker.devkit.stack import Stack, StackConfig, open_stack
 from worker.dispatcher import dispatch_once
 from worker.hypervisors import postload
 from worker.hypervisors.host_keys import HostKeyMode, HostKeyPin
-from worker.hypervisors.postload import GuestLogin, GuestShell
+from worker.hypervisors.postload import GuestShell
 from worker.tasks.deps import TaskDeps
+
+from .test_real_guest import private_ip, shell
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(900)]
 
@@ -59,17 +61,8 @@ def _call(stack: Stack, method: str, reservation_id: int, *args: str) -> dict[st
     return reply
 
 
-def _address(stack: Stack, index: int) -> str:
-    ip = stack.one("SELECT privateIPaddress FROM computer WHERE id=:id", id=stack.site.computer_ids[index])[0]
-    assert ip, "the guest stack seeds computer.privateIPaddress"
-    return str(ip)
-
-
 def _shell(stack: Stack, index: int) -> GuestShell:
-    assert stack.guest_image is not None
-    return GuestShell(
-        GuestLogin(address=_address(stack, index), key_files=(str(stack.guest_image.private_key),))
-    )
+    return shell(stack, private_ip(stack, index))
 
 
 def _currentimage(stack: Stack, index: int) -> str | None:
