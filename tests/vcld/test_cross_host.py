@@ -158,9 +158,9 @@ def test_capture_on_a_then_reservations_of_the_new_revision_load_on_b(cross_host
     site.timings["cross-host: XMLRPCaddRequest -> ready on host B, master copied first (s)"] = split
     calls_b = _on_queue_of(site, res_b.id, b)
     (load_b,) = [c for c in calls_b if c["method"] == "load"]
-    # The delegated answer does not (yet) carry the core's master_copied; B's datastore is the proof
-    # below (absent before this load, there after it, the same file after the reload).
-    assert load_b.get("master_copied", True) is True, load_b
+    # The delegated answer says the master was copied; B's datastore is the proof below (absent before
+    # this load, there after it, the same file after the reload).
+    assert load_b["master_copied"] is True, load_b
     site.timings["cross-host: host B's load (copy from the repository, boot) (s)"] = load_b["timings"][
         "total"
     ]
@@ -194,7 +194,7 @@ def test_capture_on_a_then_reservations_of_the_new_revision_load_on_b(cross_host
     loads = [c for c in site.calls() if c["method"] == "load" and b.vm_short in c["detail"]]
     reloads = [c for c in loads if c["reservation_id"] not in (res.id, res_b.id)]
     assert reloads and reloads[-1]["ok"] and reloads[-1]["queue"] == f"vmhost.{b.short}", reloads
-    assert reloads[-1].get("master_copied", False) is False, reloads[-1]
+    assert reloads[-1]["master_copied"] is False, reloads[-1]
     again = b_master.stat()
     assert (again.st_ino, again.st_mtime_ns) == (copied.st_ino, copied.st_mtime_ns), "copied twice"
     assert ssh_on(b.machine, str(site.private_key), b.vm_ip, "cat /root/from-host-a").strip() == content

@@ -61,9 +61,12 @@ class CallResult:
     error: str = ""
     detail: str = ""
     timings: Mapping[str, float] = field(default_factory=dict)
+    master_copied: bool | None = None  # load: the master was copied from the repository by this call
 
     def as_dict(self) -> dict[str, Any]:
+        extra = {} if self.master_copied is None else {"master_copied": self.master_copied}
         return {
+            **extra,
             "method": self.method,
             "reservation_id": self.reservation_id,
             "ok": self.ok,
@@ -86,6 +89,7 @@ class _Call:
     # The run's stopwatch timings: the core's steps (core_*), the lock's, the total.
     timings: dict[str, float]
     detail: str = ""
+    master_copied: bool | None = None
 
     def arg(self, i: int) -> str | None:
         return self.args[i] if len(self.args) > i and self.args[i] else None
@@ -125,6 +129,7 @@ def _load(c: _Call) -> Value:
     result = c.p.load(progress=on_progress, post_load=False)
     if result.generated_macs:  # eth<n>generated profiles: capture and power calls find the domain by them
         c.store.record_generated_macs(r, result.generated_macs.eth0, result.generated_macs.eth1)
+    c.master_copied = result.master_copied
     c.timings.update({f"core_{k}": v for k, v in result.timings.items()})
     c.detail = f"domain {result.domain_name} ({result.domain_type}) on {result.cow_path}"
     if result.answer is not None:
@@ -309,7 +314,7 @@ def run_call(
         )  # fmt: skip
     return CallResult(
         method=method, reservation_id=reservation_id, ok=True, result=value, detail=call.detail,
-        timings=stopwatch.total(),
+        timings=stopwatch.total(), master_copied=call.master_copied,
     )  # fmt: skip
 
 
