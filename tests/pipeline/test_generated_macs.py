@@ -11,10 +11,9 @@ import pytest
 
 from worker.devkit.celery_worker import CeleryWorker
 from worker.devkit.stack import Stack, StackConfig, open_stack
-from worker.dispatcher import dispatch_once
 from worker.hypervisors.domain_xml import ParsedDomain
 
-from .conftest import lock_kv
+from .test_real_guest import dispatch_one
 
 pytestmark = pytest.mark.timeout(900)
 TASK_TIMEOUT = 300
@@ -33,15 +32,6 @@ def mworker(mstack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield w
 
 
-def _dispatch(stack: Stack, task_name: str) -> str:
-    done = dispatch_once(
-        stack.store, stack.app, stack.site.management_node_id, settings=stack.settings, kv=lock_kv(stack)
-    )
-    enqueued = [d for d in done if d.action == "enqueued"]
-    assert len(enqueued) == 1 and enqueued[0].task_name == task_name, done
-    return str(enqueued[0].task_id)
-
-
 def _row_macs(stack: Stack, computer_id: int) -> tuple[str, str]:
     row = stack.one("SELECT eth0macaddress, eth1macaddress FROM computer WHERE id = :id", id=computer_id)
     return str(row[0]), str(row[1])
@@ -54,7 +44,7 @@ def test_generated_macs_are_recorded_and_capture_finds_the_domain(
     seeded = _row_macs(mstack, cid)
 
     mstack.new_request(0)
-    loaded = mstack.wait_success(_dispatch(mstack, "vcl.load"), mworker, timeout=TASK_TIMEOUT)
+    loaded = mstack.wait_success(dispatch_one(mstack, "vcl.load")[1], mworker, timeout=TASK_TIMEOUT)
     domain = loaded["domain"]
     assert mstack.domains(short) == [domain]
     conn = mstack.conn()
@@ -69,7 +59,7 @@ def test_generated_macs_are_recorded_and_capture_finds_the_domain(
 
     # The capture (its own task, its own read of the reservation) finds the loaded domain by MAC.
     cap_req, _cap_res, _rev = mstack.capture_request(0)
-    captured = mstack.wait_success(_dispatch(mstack, "vcl.capture"), mworker, timeout=TASK_TIMEOUT)
+    captured = mstack.wait_success(dispatch_one(mstack, "vcl.capture")[1], mworker, timeout=TASK_TIMEOUT)
     assert captured["domain"] == domain
     assert mstack.store.request_states(cap_req) == ("complete", "image")
     assert mstack.domains(short) == []
