@@ -195,15 +195,11 @@ def _demo_site(
     from worker.devkit.libvirt_env import cleanup_domains, connect
 
     building = Stopwatch()
+    from worker.devkit.guests import ensure_named_guest
+
     if guest.name == "debian":
-        from worker.devkit.debian_image import ensure_debian_image
-
         console.print("Debian 12 test image: building it with mmdebstrap when not cached (~2.5 min) ...")
-        image = ensure_debian_image()
-    else:
-        from worker.devkit.guest_image import ensure_guest_image
-
-        image = ensure_guest_image()
+    image = ensure_named_guest(guest.name)
     how = "cached" if image.cached else f"built in {building.elapsed():.0f} s"
     console.print(
         f"{guest.title}: {image.path} ({how}; kernel {image.kernel_version}, SSH key {image.private_key}); "

@@ -34,11 +34,11 @@ from worker.db.seed import seed_site
 from worker.db.store import VclStore
 from worker.devkit.celery_worker import CeleryWorker, start_celery_worker
 from worker.devkit.database import MARIADB_PORT, create_test_database, drop_test_database
-from worker.devkit.debian_image import ensure_debian_image
-from worker.devkit.guest_image import GuestImage, ensure_guest_image
+from worker.devkit.guest_image import GuestImage
 from worker.devkit.guest_master import install_guest_master
 from worker.devkit.guest_network import create_dhcp_network
 from worker.devkit.guest_network import remove_network as remove_dhcp_network
+from worker.devkit.guests import ensure_named_guest
 from worker.devkit.images import make_master
 from worker.devkit.libvirt_env import (
     IMAGES_ROOT,
@@ -230,16 +230,6 @@ def _quietly(fn: Callable[..., object], *args: Any) -> None:
         print(f"stack cleanup {getattr(fn, '__name__', fn)}{args}: {exc}", file=sys.stderr)
 
 
-def _guest_image(config: StackConfig) -> GuestImage | None:
-    if not config.guest:
-        return None
-    if config.guest_os == "debian":
-        return ensure_debian_image()
-    if config.guest_os != "tiny":
-        raise ValueError(f"StackConfig.guest_os: {config.guest_os!r} is neither 'tiny' nor 'debian'")
-    return ensure_guest_image()
-
-
 def _shutdown_timeout(config: StackConfig) -> int:
     if config.shutdown_timeout is not None:
         return config.shutdown_timeout
@@ -316,7 +306,7 @@ def _build(config: StackConfig, cls: type[S], cleanup: contextlib.ExitStack, ext
     if config.repository:
         repository = make_datastore(f"{datastore.name}-repo", IMAGES_ROOT)
         defer(remove_datastore, repository)
-    guest_image = _guest_image(config)
+    guest_image = ensure_named_guest(config.guest_os) if config.guest else None
     guest_fields: dict[str, Any] = {}
     if guest_image is not None:
         conn = connect()
